@@ -1,0 +1,1 @@
+"""Files shipped with leanify (see PROVENANCE.md)."""

@@ -1,0 +1,1 @@
+"""Measurement: timing and memory in child processes, statistics, machine facts."""

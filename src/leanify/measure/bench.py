@@ -1,0 +1,369 @@
+"""`leanify bench`: side-by-side latency, throughput and memory, each model in its own process.
+
+Why child processes: ONNX Runtime and PyTorch thread pools in one process fight over the cores
+(measured: PyTorch eager ~15x slower next to an ORT session on 2 cores). Why interleaved
+rounds (A B C A B C ...): drift on a shared machine then hits every model alike, so the
+ratios stay honest even when absolute times move.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from leanify.errors import LeanifyError
+from leanify.measure import memory, stats
+from leanify.measure.machine import machine_info, usable_cores
+from leanify.models.artifact import Artifact
+from leanify.models.load import load
+
+SCHEMA_VERSION = 1
+Progress = Callable[[int, int, str], None]  # (done, total, what is running)
+
+
+@dataclass
+class BenchSettings:
+    batch_sizes: Sequence[int] = (1,)
+    seq_lens: Sequence[int] = (128,)
+    threads: int | None = None  # None: every usable core
+    rounds: int = 3
+    warmup_s: float = 0.5
+    min_iters: int = 10
+    min_time_s: float = 1.0
+    max_time_s: float = 20.0
+    sample: str | None = None
+    tokenizer: str | None = None
+    trust_pickle: bool = False
+
+    def check(self) -> None:
+        if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
+            raise LeanifyError("batch sizes must be positive integers.",
+                               fix="Use e.g. --batch-size 1,32.")
+        if not self.seq_lens or any(int(s) < 1 for s in self.seq_lens):
+            raise LeanifyError("sequence lengths must be positive integers.",
+                               fix="Use e.g. --seq-len 16,128.")
+        if self.rounds < 1 or self.min_iters < 1:
+            raise LeanifyError("rounds and iterations must be at least 1.",
+                               fix="Use e.g. --rounds 3.")
+        if self.threads is not None and self.threads < 1:
+            raise LeanifyError("threads must be at least 1.", fix="Use e.g. --threads 2.")
+
+
+@dataclass
+class _Model:
+    artifact: Artifact
+    source: str
+    name: str
+    info: dict[str, Any] = field(default_factory=dict)
+    samples: dict[tuple[int, int], list[float]] = field(default_factory=dict)
+    round_medians: dict[tuple[int, int], list[float]] = field(default_factory=dict)
+    peaks: dict[tuple[int, int], float] = field(default_factory=dict)
+    first_ms: dict[tuple[int, int], float] = field(default_factory=dict)
+    process_peak: float = 0.0
+    shapes: dict[tuple[int, int], dict[str, list[int]]] = field(default_factory=dict)
+
+
+class _Child:
+    """One measuring process, spoken to in JSON lines."""
+
+    def __init__(self, env: dict[str, str], label: str):
+        self.label = label
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "leanify.measure.worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+            env=env, text=True, bufsize=1,
+        )
+
+    def ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc.stdin and self.proc.stdout
+        try:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        except BrokenPipeError:
+            line = ""
+        if not line:
+            self.proc.wait(timeout=30)
+            raise RuntimeError(
+                f"the measuring process for {self.label} died (exit code "
+                f"{self.proc.returncode}); its last output:\n{self.stderr_tail()}"
+            )
+        reply = json.loads(line)
+        if reply.get("ok"):
+            return reply
+        if reply.get("kind") == "input":
+            raise LeanifyError(reply["message"])
+        raise RuntimeError(
+            f"measuring {self.label} failed: {reply.get('message')}\n{reply.get('traceback', '')}"
+        )
+
+    def stderr_tail(self, lines: int = 20) -> str:
+        self.log.seek(0)
+        return "".join(self.log.readlines()[-lines:])
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin
+                self.proc.stdin.write('{"cmd": "quit"}\n')
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def child_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "PYTHONUNBUFFERED": "1",
+    })
+    # The child must import this very leanify, also when it runs from a source tree.
+    src = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def bench(
+    models: Sequence[str | os.PathLike | Artifact],
+    settings: BenchSettings | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Measure every model at every (batch size, sequence length) point; return the record.
+
+    The first model is the baseline: every other model gets ratios against it.
+    """
+    settings = settings or BenchSettings()
+    settings.check()
+    if not models:
+        raise LeanifyError("no model to benchmark.", fix="Name at least one model.")
+    threads = settings.threads or usable_cores()
+    # Smallest first: round 1 then sees each point's memory before larger points grow the
+    # allocators' pools, and that first visit is the peak RSS reported for the point.
+    points = sorted({(int(b), int(s)) for b in settings.batch_sizes for s in settings.seq_lens},
+                    key=lambda p: (p[0] * p[1], p[0]))
+    with tempfile.TemporaryDirectory(prefix="leanify-bench-") as scratch:
+        entries = _resolve(models, settings, Path(scratch))
+        started = datetime.now(UTC)
+        machine = machine_info()
+        bare_mb = memory.bare_interpreter_rss_mb()
+        children: list[_Child] = []
+        total = len(entries) * (1 + len(points) * settings.rounds)
+        done = 0
+        tick = progress or (lambda _d, _t, _w: None)
+        try:
+            env = child_env(threads)
+            for entry in entries:  # load one at a time, so loads do not compete for the cores
+                tick(done, total, f"loading {entry.name}")
+                child = _Child(env, entry.name)
+                children.append(child)
+                entry.info = child.ask({
+                    "cmd": "load", "source": entry.source, "name": entry.name,
+                    "threads": threads, "sample": settings.sample,
+                    "tokenizer": (str(entry.artifact.tokenizer_path)
+                                  if entry.artifact.tokenizer_path else None),
+                    "trust_pickle": settings.trust_pickle,
+                })
+                for point in points:  # build and check every batch before any timing
+                    reply = child.ask({"cmd": "prepare", "batch_size": point[0],
+                                       "seq_len": point[1]})
+                    entry.shapes[point] = reply["shapes"]
+                done += 1
+            for r in range(settings.rounds):
+                for point in points:
+                    for entry, child in zip(entries, children, strict=True):
+                        tick(done, total, f"round {r + 1}/{settings.rounds} · {entry.name} · "
+                                          f"batch {point[0]} × seq {point[1]}")
+                        reply = child.ask({
+                            "cmd": "measure", "batch_size": point[0], "seq_len": point[1],
+                            "warmup_s": settings.warmup_s, "min_iters": settings.min_iters,
+                            "min_time_s": settings.min_time_s, "max_time_s": settings.max_time_s,
+                        })
+                        entry.samples.setdefault(point, []).extend(reply["samples_ms"])
+                        entry.round_medians.setdefault(point, []).append(
+                            stats.percentiles(reply["samples_ms"])["p50"])
+                        entry.peaks.setdefault(point, reply["peak_rss_mb"])
+                        entry.process_peak = max(entry.process_peak, reply["peak_rss_mb"])
+                        entry.first_ms.setdefault(point, reply["first_run_ms"])
+                        done += 1
+            tick(total, total, "done")
+        finally:
+            for child in children:
+                child.close()
+        finished = datetime.now(UTC)
+        # A busy machine inflates times: record the load around the run.
+        machine["load_average_start"] = machine.pop("load_average", None)
+        machine["load_average_end"] = load_average_now()
+    return _record(entries, points, settings, threads, machine, bare_mb, started, finished)
+
+
+def _resolve(
+    models: Sequence[str | os.PathLike | Artifact], settings: BenchSettings, scratch: Path
+) -> list[_Model]:
+    """Check every model up front (clear errors before any long work), name them uniquely."""
+    entries: list[_Model] = []
+    seen: dict[str, int] = {}
+    for i, model in enumerate(models):
+        artifact = load(model, tokenizer=settings.tokenizer, trust_pickle=settings.trust_pickle)
+        source = str(artifact.path) if artifact.path else ""
+        if artifact.format == "torch-module":
+            source = str(_export_module(artifact, scratch / f"module_{i}.pt2"))
+        name = artifact.name
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            name = f"{name} #{seen[name]}"
+        entries.append(_Model(artifact, source, name))
+    _share_tokenizer(entries)
+    return entries
+
+
+def _share_tokenizer(entries: list[_Model]) -> None:
+    """A text model without a tokenizer borrows a compared model's, if the vocabularies match.
+
+    Then every model sees the same real tokens, not random ids (an ONNX export often sits in a
+    folder without the tokenizer files).
+    """
+    from dataclasses import replace
+
+    def vocab(artifact: Artifact) -> int | None:
+        spec = next((s for s in artifact.inputs if s.name == "input_ids"), None)
+        return int(spec.high) if spec and spec.high else None
+
+    donors = [e for e in entries if e.artifact.tokenizer_path and vocab(e.artifact)]
+    for entry in entries:
+        art = entry.artifact
+        if art.tokenizer_path or vocab(art) is None:
+            continue
+        donor = next((d for d in donors if vocab(d.artifact) == vocab(art)), None)
+        if donor is not None:
+            meta = {**art.meta, "tokenizer": str(donor.artifact.tokenizer_path),
+                    "tokenizer_from": donor.name}
+            entry.artifact = replace(art, meta=meta)
+
+
+def _export_module(artifact: Artifact, target: Path) -> Path:
+    """An in-memory module reaches its measuring process as a torch.export program."""
+    import torch
+
+    module, example = artifact.module
+    dims = {k: {i: torch.export.Dim.AUTO for i in range(v.dim())} for k, v in example.items()}
+    try:
+        program = torch.export.export(module.eval(), (), kwargs=example, dynamic_shapes=dims)
+        torch.export.save(program, str(target))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LeanifyError(
+            f"the in-memory module {artifact.name} could not be exported with torch.export to "
+            f"be measured in its own process ({first}).",
+            fix="Save it yourself as ONNX, TorchScript or .pt2 and benchmark that file.",
+        ) from exc
+    return target
+
+
+def _record(
+    entries: list[_Model], points: list[tuple[int, int]], settings: BenchSettings, threads: int,
+    machine: dict, bare_mb: float, started: datetime, finished: datetime,
+) -> dict[str, Any]:
+    base = entries[0]
+    models_out, results = [], []
+    for entry in entries:
+        art = entry.artifact
+        size = art.size_bytes() if art.path else None
+        models_out.append({
+            "name": entry.name,
+            "format": art.format,
+            "path": str(art.path) if art.path else None,
+            "measured_as": "pt2 (torch.export)" if art.format == "torch-module" else art.format,
+            "runtime": entry.info.get("runtime"),
+            "params": art.meta.get("params"),
+            "size_mb": round(size / 2**20, 3) if size is not None else None,
+            "load_s": round(entry.info.get("load_s", 0.0), 3),
+            "import_s": round(entry.info.get("import_s", 0.0), 3),
+            "rss_runtime_mb": round(entry.info.get("rss_runtime_mb", 0.0) - bare_mb, 1),
+            "rss_loaded_mb": round(entry.info.get("rss_loaded_mb", 0.0) - bare_mb, 1),
+            "peak_rss_mb": round(entry.process_peak - bare_mb, 1),
+            "input_source": entry.info.get("input_source"),
+            "tokenizer_from": art.meta.get("tokenizer_from"),
+        })
+        for point in points:
+            samples = entry.samples[point]
+            summary = stats.summarize(samples)
+            p50 = summary["p50"]
+            row: dict[str, Any] = {
+                "model": entry.name,
+                "batch_size": point[0],
+                "seq_len": point[1],
+                "input_shapes": entry.shapes[point],
+                "latency_ms": {k: round(v, 4) for k, v in summary.items()
+                               if k in ("p50", "p90", "p99", "mean", "std", "min", "max")},
+                "latency_p50_ci95_ms": [round(x, 4) for x in summary["p50_ci95"]],
+                "round_p50_ms": [round(x, 4) for x in entry.round_medians[point]],
+                "samples": summary["n"],
+                "first_run_ms": round(entry.first_ms[point], 3),
+                "throughput_per_s": round(point[0] * 1000.0 / p50, 3),
+                "peak_rss_mb": round(entry.peaks[point] - bare_mb, 1),
+                "size_mb": models_out[-1]["size_mb"],
+                "params": models_out[-1]["params"],
+            }
+            if entry is not base:
+                base_samples = base.samples[point]
+                lo, hi = stats.ratio_ci(base_samples, samples)
+                row["vs_baseline"] = {
+                    "baseline": base.name,
+                    "speedup": round(stats.percentiles(base_samples)["p50"] / p50, 4),
+                    "speedup_ci95": [round(lo, 4), round(hi, 4)],
+                    "latency_ratio": round(p50 / stats.percentiles(base_samples)["p50"], 4),
+                }
+            results.append(row)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": "leanify bench",
+        "started": started.isoformat(timespec="seconds"),
+        "wall_s": round((finished - started).total_seconds(), 1),
+        "machine": machine,
+        "settings": {**asdict(settings), "threads": threads,
+                     "batch_sizes": [p for p in settings.batch_sizes],
+                     "seq_lens": [s for s in settings.seq_lens]},
+        "bare_interpreter_rss_mb": round(bare_mb, 1),
+        "models": models_out,
+        "results": results,
+    }
+
+
+def write_json(record: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write atomically: a crash never leaves a half-written file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(record, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def load_average_now() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+

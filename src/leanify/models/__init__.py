@@ -1,0 +1,1 @@
+"""Models: artifacts (a model at rest), loading, inputs and runners."""

@@ -1,0 +1,290 @@
+"""Batches for a model: from its tokenizer, from its input signature, or from a user sample file.
+
+Arrays are numpy so that every runner gets the same batch; each runner converts to its runtime.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from leanify.errors import LeanifyError
+from leanify.models.artifact import Artifact, TensorSpec
+
+TEXT_SUFFIXES = {".txt", ".jsonl", ".csv", ".tsv"}
+SAMPLE_SUFFIXES = TEXT_SUFFIXES | {".npz"}
+TEXT_COLUMNS = ("text", "sentence", "sentence1", "content", "query")
+
+
+class InputBuilder:
+    """Builds `{input name: array}` batches of a given batch size and sequence length.
+
+    The source, in order of preference: the user's sample file; the model's tokenizer fed with
+    real text (bundled public-domain text unless a text sample is given); the input signature
+    (valid ranges, e.g. token ids below the vocabulary size).
+    """
+
+    def __init__(self, artifact: Artifact, sample: str | Path | None = None, seed: int = 0):
+        self.artifact = artifact
+        self.rng = np.random.default_rng(seed)
+        self.arrays: dict[str, np.ndarray] | None = None
+        self.texts: list[str] | None = None
+        self.tokenizer = None
+        self.bundled = False
+        self._pad: tuple[str, int] = ("[PAD]", 0)
+        if sample is not None:
+            sample = Path(sample)
+            if not sample.is_file():
+                raise LeanifyError("sample file not found.", path=sample,
+                                   fix="Check the --sample path.")
+            suffix = sample.suffix.lower()
+            if suffix == ".npz":
+                self.arrays = _read_npz(sample, artifact)
+            elif suffix in TEXT_SUFFIXES:
+                self.texts = read_texts(sample)
+            else:
+                raise LeanifyError(
+                    f"sample files must be one of {sorted(SAMPLE_SUFFIXES)}.", path=sample,
+                    fix="Give texts in .txt/.jsonl/.csv/.tsv, or arrays in .npz.",
+                )
+        if self.arrays is None and artifact.tokenizer_path is not None and _wants_tokens(artifact):
+            self.tokenizer, self._pad = _load_tokenizer(artifact.tokenizer_path)
+            if self.texts is None:
+                self.texts, self.bundled = bundled_texts(), True
+        if self.texts is not None and self.tokenizer is None:
+            raise LeanifyError(
+                "a text sample needs the model's tokenizer, and none was found next to the model.",
+                path=artifact.path,
+                fix="Pass --tokenizer DIR (a folder with tokenizer.json), or give arrays in .npz.",
+            )
+
+    @property
+    def source(self) -> str:
+        if self.arrays is not None:
+            return "sample-arrays"
+        if self.tokenizer is not None:
+            return "tokenizer"
+        return "signature"
+
+    def batch(self, batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
+        if self.arrays is not None:
+            out = {k: _take_rows(v, batch_size) for k, v in self.arrays.items()}
+        elif self.tokenizer is not None:
+            out = self._tokenize(batch_size, seq_len)
+        else:
+            out = {}
+        for spec in self.artifact.inputs:  # fill what the other sources did not give
+            if spec.name not in out and not spec.optional:
+                out[spec.name] = _from_signature(spec, batch_size, seq_len, self.rng,
+                                                 self.artifact)
+        return {k: _cast(v, self.artifact, k) for k, v in out.items()}
+
+    def _tokenize(self, batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
+        assert self.texts is not None and self.tokenizer is not None
+        tok = self.tokenizer
+        tok.enable_truncation(max_length=seq_len)
+        tok.enable_padding(length=seq_len, pad_id=self._pad[1], pad_token=self._pad[0])
+        texts = self.texts
+        rows = []
+        for i in range(batch_size):
+            if self.bundled:
+                # Real text long enough to fill seq_len tokens, a different passage per row.
+                start = (i * 37) % len(texts)
+                parts, chars = [], 0
+                j = start
+                while chars < seq_len * 8:
+                    parts.append(texts[j % len(texts)])
+                    chars += len(parts[-1]) + 1
+                    j += 1
+                rows.append(" ".join(parts))
+            else:
+                rows.append(texts[i % len(texts)])
+        encodings = tok.encode_batch(rows)
+        names = set(self.artifact.input_names)
+        out = {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64)}
+        if "attention_mask" in names:
+            out["attention_mask"] = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        if "token_type_ids" in names:
+            out["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
+        return out
+
+
+def _wants_tokens(artifact: Artifact) -> bool:
+    return "input_ids" in artifact.input_names
+
+
+def _load_tokenizer(folder: Path) -> tuple[object, tuple[str, int]]:
+    """A fast tokenizer from tokenizer.json, via the `tokenizers` library (no torch import)."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError as exc:
+        raise LeanifyError(
+            "building text inputs needs the 'tokenizers' package.",
+            fix="Install it with: pip install 'leanify[torch]'",
+        ) from exc
+    file = folder / "tokenizer.json"
+    if not file.exists():
+        raise LeanifyError(
+            "has no tokenizer.json (leanify reads fast tokenizers only).", path=folder,
+            fix="Save the tokenizer with tokenizer.save_pretrained(...) from transformers.",
+        )
+    try:
+        tok = Tokenizer.from_file(str(file))
+    except Exception as exc:
+        raise LeanifyError(f"is not a readable tokenizer ({exc}).", path=file,
+                           fix="Re-save the tokenizer.") from exc
+    pad_token = "[PAD]"
+    cfg_file = folder / "tokenizer_config.json"
+    if cfg_file.exists():
+        try:
+            pad = json.loads(cfg_file.read_text(encoding="utf-8")).get("pad_token")
+        except json.JSONDecodeError:
+            pad = None
+        if isinstance(pad, dict):
+            pad = pad.get("content")
+        if isinstance(pad, str):
+            pad_token = pad
+    pad_id = tok.token_to_id(pad_token)
+    return tok, (pad_token, pad_id if pad_id is not None else 0)
+
+
+_BUNDLED: list[str] | None = None
+
+
+def bundled_texts() -> list[str]:
+    """Public-domain sample text shipped with leanify (see data/PROVENANCE.md)."""
+    global _BUNDLED
+    if _BUNDLED is None:
+        raw = resources.files("leanify.data").joinpath("sample_texts.txt").read_text("utf-8")
+        _BUNDLED = [line.strip() for line in raw.splitlines() if line.strip()]
+    return _BUNDLED
+
+
+def read_texts(path: Path, column: str | None = None) -> list[str]:
+    """Texts from .txt (a line each), .jsonl (a field) or .csv/.tsv (a column)."""
+    suffix = path.suffix.lower()
+    texts: list[str] = []
+    try:
+        if suffix == ".txt":
+            texts = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        elif suffix == ".jsonl":
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise LeanifyError(f"line {n} is not valid JSON ({exc}).", path=path,
+                                       fix="Give one JSON object per line.") from exc
+                texts.append(_pick_text(row, column, path, n))
+        else:
+            delimiter = "\t" if suffix == ".tsv" else ","
+            with open(path, newline="", encoding="utf-8") as fh:
+                for n, row in enumerate(csv.DictReader(fh, delimiter=delimiter), 2):
+                    texts.append(_pick_text(row, column, path, n))
+    except UnicodeDecodeError as exc:
+        raise LeanifyError("is not UTF-8 text.", path=path, fix="Save it as UTF-8.") from exc
+    texts = [t for t in texts if t]
+    if not texts:
+        raise LeanifyError("holds no texts.", path=path, fix="Give at least one non-empty text.")
+    return texts
+
+
+def _pick_text(row: dict, column: str | None, path: Path, line: int) -> str:
+    if not isinstance(row, dict):
+        raise LeanifyError(f"line {line} is not an object.", path=path,
+                           fix="Give one JSON object per line, e.g. {\"text\": \"...\"}.")
+    keys = [column] if column else [k for k in TEXT_COLUMNS if k in row]
+    if not keys or keys[0] not in row:
+        raise LeanifyError(
+            f"has no text column (looked for {column or ', '.join(TEXT_COLUMNS)}; found "
+            f"{', '.join(map(str, row)) or 'none'}).",
+            path=path,
+            fix="Name the column 'text'.",
+        )
+    value = row[keys[0]]
+    return str(value).strip() if value is not None else ""
+
+
+def _read_npz(path: Path, artifact: Artifact) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:  # never unpickle object arrays
+            arrays = {k: np.asarray(data[k]) for k in data.files}
+    except (ValueError, OSError) as exc:
+        raise LeanifyError(f"is not a readable .npz array file ({exc}).", path=path,
+                           fix="Save it with numpy.savez and plain numeric arrays.") from exc
+    names = artifact.input_names
+    unknown = sorted(set(arrays) - set(names))
+    if unknown:
+        raise LeanifyError(
+            f"names input(s) {', '.join(unknown)} that the model does not have; the model's "
+            f"inputs are: {', '.join(names) or 'unknown'}.",
+            path=path,
+            fix="Rename the arrays in the .npz to the model's input names.",
+        )
+    missing = [s.name for s in artifact.inputs if s.name not in arrays and not s.optional]
+    if missing and not all(_can_synthesize(s) for s in artifact.inputs if s.name in missing):
+        raise LeanifyError(
+            f"lacks input(s) {', '.join(missing)} that the model needs.", path=path,
+            fix="Add an array for each of them to the .npz.",
+        )
+    if any(a.ndim == 0 for a in arrays.values()):
+        raise LeanifyError("holds a scalar; inputs need a batch dimension.", path=path,
+                           fix="Save arrays shaped (batch, ...).")
+    return arrays
+
+
+def _can_synthesize(spec: TensorSpec) -> bool:
+    return spec.dtype != "unknown" and spec.shape is not None
+
+
+def _take_rows(array: np.ndarray, batch_size: int) -> np.ndarray:
+    reps = -(-batch_size // array.shape[0])
+    return np.concatenate([array] * reps)[:batch_size] if reps > 1 else array[:batch_size]
+
+
+def _from_signature(
+    spec: TensorSpec, batch_size: int, seq_len: int, rng: np.random.Generator,
+    artifact: Artifact,
+) -> np.ndarray:
+    if not _can_synthesize(spec):
+        raise LeanifyError(
+            f"leanify cannot tell the type and shape of input '{spec.name}' from the model.",
+            path=artifact.path,
+            fix="Give a sample with --sample FILE.npz holding an array per input name.",
+        )
+    shape = []
+    symbolic = 0
+    for dim in spec.shape:
+        if isinstance(dim, int):
+            shape.append(dim)
+            continue
+        # Dynamic dims: the first is the batch, the next the sequence; the rest take the sequence.
+        shape.append(batch_size if symbolic == 0 else seq_len)
+        symbolic += 1
+    dtype = np.dtype(spec.dtype)
+    if "mask" in spec.name:
+        return np.ones(shape, dtype=dtype)
+    if "token_type" in spec.name:
+        return np.zeros(shape, dtype=dtype)
+    if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
+        if spec.low is None or spec.high is None:
+            raise LeanifyError(
+                f"input '{spec.name}' is an integer tensor whose valid range leanify cannot "
+                "tell from the model.",
+                path=artifact.path,
+                fix="Give a sample with --sample FILE.npz (or a tokenizer with --tokenizer).",
+            )
+        return rng.integers(spec.low, spec.high, size=shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def _cast(array: np.ndarray, artifact: Artifact, name: str) -> np.ndarray:
+    spec = next((s for s in artifact.inputs if s.name == name), None)
+    if spec is None or spec.dtype == "unknown" or array.dtype.name == spec.dtype:
+        return np.ascontiguousarray(array)
+    return np.ascontiguousarray(array.astype(np.dtype(spec.dtype)))

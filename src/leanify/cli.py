@@ -39,8 +39,9 @@ def _ints(text: str, option: str) -> list[int]:
     return values
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")]
     = False,
 ) -> None:
@@ -50,6 +51,8 @@ def _root(
 
         out.print(f"leanify {__version__}")
         raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        out.print(ctx.get_help())
 
 
 @app.command()
@@ -162,38 +165,49 @@ def _check_writable(path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: turns every failure into a clear message and the right exit code."""
     global DEBUG
-    import click
-
     args = list(sys.argv[1:] if argv is None else argv)
     if "--debug" in args:
         DEBUG = True
         args.remove("--debug")
     DEBUG = DEBUG or os.environ.get("LEANIFY_DEBUG") == "1"
-    command = typer.main.get_command(app)
     try:
-        command.main(args=args, prog_name="leanify", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+        code = app(args=args, prog_name="leanify", standalone_mode=False)
+    except KeyboardInterrupt:
+        _interrupted()
+    except Exception as exc:
+        _fail(exc)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _interrupted() -> None:
+    err.print("[yellow]Interrupted.[/] Nothing partial was written.")
+    sys.exit(130)
+
+
+def _fail(exc: Exception) -> None:
+    from leanify.errors import LeanifyError
+
+    # typer ships its own copy of click: recognise its exceptions by shape, not by class.
+    kind = type(exc).__name__
+    if kind == "Exit":
+        sys.exit(getattr(exc, "exit_code", 0))
+    if kind == "Abort":
+        _interrupted()
+    if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # usage errors: exit 2
         exc.show()
         sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        err.print("[yellow]Interrupted.[/] Nothing was written.")
-        sys.exit(130)
-    except Exception as exc:
-        from leanify.errors import LeanifyError
-
-        if DEBUG:
-            err.print_exception(show_locals=False)
-        if isinstance(exc, LeanifyError):
-            err.print(f"[bold red]error:[/] {exc.render()}", highlight=False, soft_wrap=True)
-            sys.exit(exc.exit_code)
-        err.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\n"
-            "This is a bug in leanify. Re-run with --debug for the traceback and report it.",
-            highlight=False, soft_wrap=True,
-        )
-        sys.exit(1)
+    if DEBUG:
+        err.print_exception(show_locals=False)
+    if isinstance(exc, LeanifyError):
+        err.print(f"[bold red]error:[/] {exc.render()}", highlight=False, soft_wrap=True,
+                  markup=True)
+        sys.exit(exc.exit_code)
+    err.print(
+        f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\n"
+        "This is a bug in leanify. Re-run with --debug for the traceback and report it.",
+        highlight=False, soft_wrap=True,
+    )
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -261,7 +261,10 @@ def _export_module(artifact: Artifact, target: Path) -> Path:
     import torch
 
     module, example = artifact.module
-    dims = {k: {i: torch.export.Dim.AUTO for i in range(v.dim())} for k, v in example.items()}
+    # Dynamic where the artifact's signature is symbolic (batch, and sequence for tokens).
+    shapes = {spec.name: spec.shape or () for spec in artifact.inputs}
+    dims = {k: {i: torch.export.Dim.AUTO for i, d in enumerate(shapes.get(k, ()))
+                if isinstance(d, str)} for k in example}
     try:
         program = torch.export.export(module.eval(), (), kwargs=example, dynamic_shapes=dims)
         torch.export.save(program, str(target))
@@ -298,6 +301,7 @@ def _record(
             "rss_loaded_mb": round(entry.info.get("rss_loaded_mb", 0.0) - bare_mb, 1),
             "peak_rss_mb": round(entry.process_peak - bare_mb, 1),
             "input_source": entry.info.get("input_source"),
+            "pid": entry.info.get("pid"),
             "tokenizer_from": art.meta.get("tokenizer_from"),
         })
         for point in points:

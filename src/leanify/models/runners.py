@@ -227,7 +227,16 @@ class Pt2Runner(_TorchRunner):
         from leanify.models.load import load_pt2_program
 
         self.torch = _torch(threads)
-        self.model = load_pt2_program(artifact.path, trust_pickle).module()
+        program = load_pt2_program(artifact.path, trust_pickle)
+        self.model = program.module()
+        # Inputs exported as keywords must be passed as keywords, the rest by position.
+        names = self.artifact.input_names
+        try:
+            kwargs_spec = program.call_spec.in_spec.children_specs[1]
+            n_kw = kwargs_spec.num_children
+        except (AttributeError, IndexError):
+            n_kw = 0
+        self.positional, self.keywords = names[: len(names) - n_kw], names[len(names) - n_kw:]
 
     def check(self, batch: Mapping[str, Any]) -> None:
         super().check(batch)
@@ -245,7 +254,8 @@ class Pt2Runner(_TorchRunner):
                     )
 
     def _call(self, inputs: dict[str, Any]) -> Any:
-        return self.model(*[inputs[n] for n in self.input_names if n in inputs])
+        return self.model(*[inputs[n] for n in self.positional],
+                          **{n: inputs[n] for n in self.keywords})
 
 
 class ModuleRunner(_TorchRunner):

@@ -166,3 +166,43 @@ def tiny_cnn_onnx(tmp_path_factory, tiny_cnn) -> Path:
 @pytest.fixture
 def example_batch():
     return _example
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.fixture
+def browser_screenshot(tmp_path):
+    """Render an HTML file in headless Chromium: returns (png path, console error lines).
+
+    Screenshots are kept under test-artifacts/ for people to look at.
+    """
+    import subprocess
+
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("Chromium is not installed (CI installs it: apt-get install chromium)")
+
+    def shoot(html: Path, name: str, width: int = 1200, height: int = 2200):
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        png = ARTIFACTS / f"{name}.png"
+        png.unlink(missing_ok=True)
+        profile = tmp_path / f"chrome-{name}"
+        proc = subprocess.run(
+            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
+             f"--window-size={width},{height}", f"--screenshot={png.resolve()}",
+             html.resolve().as_uri()],
+            capture_output=True, text=True, timeout=120,
+        )
+        console = [line for line in proc.stderr.splitlines()
+                   if "CONSOLE" in line or "Uncaught" in line or "net::ERR" in line]
+        return png, console, proc
+
+    return shoot

@@ -6,13 +6,16 @@ Exit codes: 0 success; 2 bad input (a clear message, no traceback); 1 internal e
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 app = typer.Typer(
@@ -99,14 +102,7 @@ def bench(
     if quiet:
         record = run_bench(models, settings)
     else:
-        columns = (TextColumn("{task.description}"), BarColumn(),
-                   TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
-        with Progress(*columns, console=err, transient=True) as bar:
-            task = bar.add_task("starting", total=None)
-
-            def tick(done: int, total: int, what: str) -> None:
-                bar.update(task, completed=done, total=total, description=what)
-
+        with _progress() as tick:
             record = run_bench(models, settings, progress=tick)
     if json_path is not None:
         write_json(record, json_path)
@@ -116,6 +112,89 @@ def bench(
         render_bench(record, out)
         if json_path is not None:
             out.print(f"[dim]record written to {json_path}[/]")
+
+
+@app.command()
+def optimize(
+    model: Annotated[str, typer.Argument(help="The model to optimize: an HF folder, an .onnx "
+                                              "file, or 'minilm'.", show_default=False)],
+    task: Annotated[str, typer.Option(
+        help="embedding-similarity | text-classification | fidelity.", show_default=False)],
+    data: Annotated[Path, typer.Option(
+        help="Evaluation data: CSV/TSV/JSONL/Parquet or STS-B format. A calibration split is "
+             "held out of it.", show_default=False)],
+    out: Annotated[Path | None, typer.Option(
+        help="Run folder (default: leanify-out/<model name>).", show_default=False)] = None,
+    max_drop: Annotated[float, typer.Option(
+        help="Metric points the model may lose (e.g. Spearman x100).")] = 0.5,
+    max_latency_ms: Annotated[float | None, typer.Option(
+        help="Latency target at the smallest batch and longest sequence.",
+        show_default=False)] = None,
+    max_size_mb: Annotated[float | None, typer.Option(help="Size target on disk.",
+                                                      show_default=False)] = None,
+    max_memory_mb: Annotated[float | None, typer.Option(help="Peak memory target.",
+                                                        show_default=False)] = None,
+    objective: Annotated[str, typer.Option(
+        help="What 'best' means among accepted candidates: latency | size | memory.")]
+    = "latency",
+    batch_size: Annotated[str, typer.Option("--batch-size", "-b")] = "1,32",
+    seq_len: Annotated[str, typer.Option("--seq-len", "-s")] = "128",
+    threads: Annotated[int | None, typer.Option(
+        help="Threads per model (default: all usable cores).", show_default=False)] = None,
+    rounds: Annotated[int, typer.Option(help="Interleaved timing rounds per candidate.")] = 2,
+    calibration_size: Annotated[int, typer.Option(
+        help="Rows held out of --data for calibration (never evaluated on).")] = 300,
+    candidates: Annotated[str | None, typer.Option(
+        help="Only these candidates, comma-separated.", show_default=False)] = None,
+    text_col: Annotated[str | None, typer.Option(show_default=False)] = None,
+    pair_cols: Annotated[str | None, typer.Option(help="Two columns, e.g. s1,s2.",
+                                                  show_default=False)] = None,
+    label_col: Annotated[str | None, typer.Option(show_default=False)] = None,
+    score_col: Annotated[str | None, typer.Option(show_default=False)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a stopped run in --out; "
+                                         "finished trials are not re-run.")] = False,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Find the fastest model that keeps its accuracy: export, optimize, quantize, measure.
+
+    Exit code 0 when a model was selected and meets every target; 3 when the run finished but
+    no candidate passed the gates or the targets were missed (the best so far is kept).
+    """
+    from leanify.search.optimize import OptimizeSettings
+    from leanify.search.optimize import optimize as run_optimize
+    from leanify.search.select import Targets
+
+    pairs = None
+    if pair_cols:
+        names = [c.strip() for c in pair_cols.split(",") if c.strip()]
+        if len(names) != 2:
+            raise typer.BadParameter("expected two column names, e.g. s1,s2",
+                                     param_hint="--pair-cols")
+        pairs = (names[0], names[1])
+    if out is None:
+        out = Path("leanify-out") / Path(model.rstrip("/")).name
+    settings = OptimizeSettings(
+        task=task, data=data, out=out, objective=objective,
+        targets=Targets(max_drop=max_drop, max_latency_ms=max_latency_ms,
+                        max_size_mb=max_size_mb, max_memory_mb=max_memory_mb),
+        batch_sizes=tuple(_ints(batch_size, "--batch-size")),
+        seq_lens=tuple(_ints(seq_len, "--seq-len")), threads=threads, rounds=rounds,
+        calibration_size=calibration_size, resume=resume,
+        candidates=[c.strip() for c in candidates.split(",")] if candidates else None,
+        text_col=text_col, pair_cols=pairs, label_col=label_col, score_col=score_col,
+        trust_pickle=trust_pickle,
+    )
+    if quiet:
+        record = run_optimize(model, settings)
+    else:
+        with _progress() as tick:
+            record = run_optimize(model, settings, progress=tick)
+        from leanify.report.console import render_optimize
+
+        render_optimize(record, out, settings.out.resolve())
+    if not record["selected"] or not record["targets_met"]:
+        raise typer.Exit(3)
 
 
 @app.command()
@@ -148,6 +227,20 @@ def info(
     for key in ("task", "pooling", "normalize", "tokenizer", "architecture"):
         if key in artifact.meta:
             out.print(f"  {key}: {artifact.meta[key]}")
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[Callable[[int, int, str], None]]:
+    """A progress bar on stderr, gone when the work is done."""
+    columns = (TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def tick(done: int, total: int, what: str) -> None:
+            bar.update(task, completed=done, total=total, description=what)
+
+        yield tick
 
 
 def _check_writable(path: Path) -> None:
@@ -199,11 +292,11 @@ def _fail(exc: Exception) -> None:
     if DEBUG:
         err.print_exception(show_locals=False)
     if isinstance(exc, LeanifyError):
-        err.print(f"[bold red]error:[/] {exc.render()}", highlight=False, soft_wrap=True,
-                  markup=True)
+        err.print(f"[bold red]error:[/] {escape(exc.render())}", highlight=False,
+                  soft_wrap=True)
         sys.exit(exc.exit_code)
     err.print(
-        f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\n"
+        f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}\n"
         "This is a bug in leanify. Re-run with --debug for the traceback and report it.",
         highlight=False, soft_wrap=True,
     )

@@ -73,6 +73,8 @@ class InputBuilder:
     def batch(self, batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
         if self.arrays is not None:
             out = {k: _take_rows(v, batch_size) for k, v in self.arrays.items()}
+            # inputs the sample lacks follow the sample's own sequence length
+            seq_len = next((a.shape[1] for a in out.values() if a.ndim >= 2), seq_len)
         elif self.tokenizer is not None:
             out = self._tokenize(batch_size, seq_len)
         else:
@@ -235,6 +237,10 @@ def _read_npz(path: Path, artifact: Artifact) -> dict[str, np.ndarray]:
     if any(a.ndim == 0 for a in arrays.values()):
         raise LeanifyError("holds a scalar; inputs need a batch dimension.", path=path,
                            fix="Save arrays shaped (batch, ...).")
+    empty = sorted(k for k, a in arrays.items() if a.shape[0] == 0)
+    if empty:
+        raise LeanifyError(f"array(s) {', '.join(empty)} have no rows.", path=path,
+                           fix="Save at least one row per input.")
     return arrays
 
 
@@ -257,16 +263,19 @@ def _from_signature(
             path=artifact.path,
             fix="Give a sample with --sample FILE.npz holding an array per input name.",
         )
-    shape = []
-    symbolic = 0
-    for dim in spec.shape:
-        if isinstance(dim, int):
-            shape.append(dim)
-            continue
-        # Dynamic dims: the first is the batch, the next the sequence; the rest take the sequence.
-        shape.append(batch_size if symbolic == 0 else seq_len)
-        symbolic += 1
     dtype = np.dtype(spec.dtype)
+    # The requested shape: dim 0 is the batch; dim 1 of a token tensor (rank 2, integers) and
+    # any other dynamic dim is the sequence. Fixed dims stay; a fixed batch or sequence that
+    # differs from the request is refused by the runner's check, never silently measured.
+    tokens = len(spec.shape) == 2 and np.issubdtype(dtype, np.integer)
+    shape = []
+    for i, dim in enumerate(spec.shape):
+        if i == 0:
+            shape.append(batch_size)
+        elif isinstance(dim, str) or (i == 1 and tokens):
+            shape.append(seq_len)
+        else:
+            shape.append(dim)
     if "mask" in spec.name:
         return np.ones(shape, dtype=dtype)
     if "token_type" in spec.name:

@@ -30,6 +30,13 @@ SUPPORTED = (
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 TORCH_SUFFIXES = {".pt", ".pth", ".ts", ".jit", ".torchscript", ".bin", ".ckpt"}
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+SIDECAR = "leanify_model.json"  # task, pooling, labels... written by leanify's passes
+
+
+def read_sidecar(model_file: Path) -> dict[str, Any]:
+    """Metadata leanify stored beside a model file (task, pooling, labels, lineage)."""
+    sidecar = model_file.parent / SIDECAR
+    return _read_json(sidecar) if sidecar.is_file() else {}
 
 
 def load(
@@ -181,6 +188,8 @@ def _load_folder(path: Path, name: str, trust_pickle: bool) -> Artifact:
         "task": _hf_task(config),
         "max_length": config.get("max_position_embeddings"),
     }
+    if meta["task"] == "text-classification" and isinstance(config.get("id2label"), dict):
+        meta["labels"] = {str(k): v for k, v in config["id2label"].items()}
     if params is not None:
         meta["params"] = params
     if any((path / f).exists() for f in TOKENIZER_FILES):
@@ -214,6 +223,9 @@ def _sentence_transformers_pooling(path: Path) -> dict[str, Any] | None:
         modules = json.loads(modules_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise LeanifyError(f"is not valid JSON ({exc}).", path=modules_file) from exc
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise LeanifyError("should hold a list of module objects.", path=modules_file,
+                           fix="Repair the file or re-save the model with sentence-transformers.")
     info: dict[str, Any] = {"pooling": "mean", "normalize": False}
     for module in modules:
         kind = str(module.get("type", ""))
@@ -251,12 +263,6 @@ def _load_onnx(path: Path, name: str) -> Artifact:
         raise LeanifyError(f"is not a readable ONNX model ({exc}).", path=path, fix=fix) from exc
     if len(model.graph.node) == 0:
         raise LeanifyError("is not a readable ONNX model (its graph is empty).", path=path, fix=fix)
-    try:
-        onnx.checker.check_model(model)
-    except Exception as exc:  # the checker raises several exception types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LeanifyError(f"is not a valid ONNX model: {first}", path=path, fix=fix) from exc
-
     root = path.parent.resolve()
     external: list[str] = []
     params = 0
@@ -293,6 +299,12 @@ def _load_onnx(path: Path, name: str) -> Artifact:
         if str(target) not in external:
             external.append(str(target))
 
+    try:  # by path: external data then resolves against the model's folder
+        onnx.checker.check_model(str(path))
+    except Exception as exc:  # the checker raises several exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LeanifyError(f"is not a valid ONNX model: {first}", path=path, fix=fix) from exc
+
     vocab_of = _gather_table_sizes(model, initializers)
     inputs = []
     for value in model.graph.input:
@@ -317,6 +329,7 @@ def _load_onnx(path: Path, name: str) -> Artifact:
     }
     if any((path.parent / f).exists() for f in TOKENIZER_FILES):
         meta["tokenizer"] = str(path.parent)
+    meta = {**read_sidecar(path), **meta}
     return Artifact("onnx", path, name, tuple(inputs), meta)
 
 
@@ -389,12 +402,23 @@ def _load_torchscript(path: Path, name: str) -> Artifact:
     meta: dict[str, Any] = {"params": params}
     if any((path.parent / f).exists() for f in TOKENIZER_FILES):
         meta["tokenizer"] = str(path.parent)
+    meta = {**read_sidecar(path), **meta}
     return Artifact("torchscript", path, name, _torch_text_inputs(args, state), meta)
 
 
 def load_pt2_program(path: Path, trust_pickle: bool = False):
     """torch.export.load with every pickle path made weights-only (see safety.py)."""
     torch = require("torch", "torch", "Loading .pt2 models")
+    if sniff_torch_archive(path) != "pt2":
+        raise LeanifyError(
+            "is not a torch.export archive (damaged, truncated or another format).",
+            path=path, fix="Re-save it with torch.export.save.",
+        )
+    import logging
+
+    export_log = logging.getLogger("torch.export")
+    level = export_log.level
+    export_log.setLevel(logging.CRITICAL)  # torch logs a traceback before raising
     try:
         with weights_only_torch_load(path, trust_pickle):
             return torch.export.load(str(path))
@@ -407,6 +431,8 @@ def load_pt2_program(path: Path, trust_pickle: bool = False):
             path=path,
             fix="Re-save it with torch.export.save.",
         ) from exc
+    finally:
+        export_log.setLevel(level)
 
 
 def _load_pt2(path: Path, name: str, trust_pickle: bool) -> Artifact:
@@ -429,6 +455,7 @@ def _load_pt2(path: Path, name: str, trust_pickle: bool) -> Artifact:
     meta: dict[str, Any] = {"params": params}
     if any((path.parent / f).exists() for f in TOKENIZER_FILES):
         meta["tokenizer"] = str(path.parent)
+    meta = {**read_sidecar(path), **meta}
     return Artifact("pt2", path, name, tuple(specs), meta)
 
 

@@ -51,6 +51,19 @@ class Runner:
                 path=self.artifact.path,
                 fix="Provide every input the model declares.",
             )
+        for spec in self.artifact.inputs:  # a model with fixed dims runs only those
+            if spec.name not in batch or spec.shape is None or self.artifact.format == "hf":
+                continue
+            got = tuple(np.shape(batch[spec.name]))
+            fixed = [(i, d) for i, d in enumerate(spec.shape) if isinstance(d, int)]
+            if len(got) != len(spec.shape) or any(got[i] != d for i, d in fixed):
+                raise LeanifyError(
+                    f"input '{spec.name}' has the fixed shape {list(spec.shape)} in the model; "
+                    f"it cannot run shape {list(got)}.",
+                    path=self.artifact.path,
+                    fix="Benchmark at the model's shape (--batch-size/--seq-len), or re-export "
+                    "it with dynamic batch and sequence dims.",
+                )
 
     def _run(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -237,21 +250,6 @@ class Pt2Runner(_TorchRunner):
         except (AttributeError, IndexError):
             n_kw = 0
         self.positional, self.keywords = names[: len(names) - n_kw], names[len(names) - n_kw:]
-
-    def check(self, batch: Mapping[str, Any]) -> None:
-        super().check(batch)
-        for spec in self.artifact.inputs:  # an export with static shapes runs only those
-            if spec.name in batch and spec.shape is not None:
-                got = tuple(batch[spec.name].shape)
-                fixed = [(i, d) for i, d in enumerate(spec.shape) if isinstance(d, int)]
-                if len(got) != len(spec.shape) or any(got[i] != d for i, d in fixed):
-                    raise LeanifyError(
-                        f"input '{spec.name}' was exported with shape {list(spec.shape)}; it "
-                        f"cannot run shape {list(got)}.",
-                        path=self.artifact.path,
-                        fix="Re-export with dynamic_shapes (e.g. torch.export.Dim.AUTO) or "
-                        "benchmark at the exported shape.",
-                    )
 
     def _call(self, inputs: dict[str, Any]) -> Any:
         return self.model(*[inputs[n] for n in self.positional],

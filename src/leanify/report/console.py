@@ -93,3 +93,39 @@ def render_bench(record: dict[str, Any], console: Console) -> None:
         f"interpreter ({record['bare_interpreter_rss_mb']:.0f} MB). Speed-up: baseline p50 / "
         f"model p50, with a bootstrap 95% CI.[/]"
     )
+
+
+def render_optimize(record: dict[str, Any], console: Console, out_dir: Any) -> None:
+    points = sorted({(p["batch_size"], p["seq_len"]) for c in record["candidates"]
+                     for p in c.get("points", [])})
+    base = record["baseline"]
+    table = Table(title=f"leanify optimize — {record['task']}, baseline "
+                        f"{base['metric']['name']} {base['metric']['value']:.2f}",
+                  title_justify="left")
+    table.add_column("candidate", style="bold")
+    table.add_column(base["metric"]["name"], justify="right")
+    for b, s in points:
+        table.add_column(f"speed-up b{b}×s{s}", justify="right")
+    table.add_column("size MB", justify="right")
+    table.add_column("verdict")
+    selected = (record.get("selected") or {}).get("name")
+    for c in record["candidates"]:
+        by_point = {(p["batch_size"], p["seq_len"]): p for p in c.get("points", [])}
+        metric = c.get("metric", {}).get("value")
+        cells = [("★ " if c["name"] == selected else "") + c["name"],
+                 f"{metric:.2f}" if metric is not None else "–"]
+        for key in points:
+            p = by_point.get(key)
+            cells.append(f"{p['speedup']:.2f}×" if p else "–")
+        cells.append(f"{c['size_mb']:.1f}" if c.get("size_mb") else "–")
+        verdict = "[green]accepted[/]" if c.get("accepted") else f"[red]{c.get('reason', '')}[/]"
+        if c.get("target_misses"):
+            verdict += f" [yellow](targets: {'; '.join(c['target_misses'])})[/]"
+        cells.append(verdict)
+        table.add_row(*cells)
+    console.print(table)
+    colour = "green" if record.get("targets_met") else "yellow" if record.get("selected") else "red"
+    console.print(f"[{colour}]{record['verdict']}[/]", highlight=False)
+    if record.get("selected"):
+        console.print(f"model: {out_dir}/{record['selected']['artifact']}")
+    console.print(f"report: {out_dir}/report.html · record: {out_dir}/leanify.json")

@@ -1,0 +1,1 @@
+"""Search: which pipelines to try (plan), the trial record (store), and selection (select)."""

@@ -1,0 +1,400 @@
+"""`leanify optimize`: baseline -> candidate pipelines -> gate -> measure -> select -> report.
+
+Every trial is written to a SQLite record in the run folder as it finishes; `resume=True`
+reads it back and re-runs nothing that finished. Pass outputs appear atomically, so a kill at
+any moment leaves either a finished artifact or none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from leanify.errors import LeanifyError
+from leanify.measure.bench import BenchSettings, bench, write_json
+from leanify.measure.machine import machine_info, usable_cores
+from leanify.models.artifact import Artifact
+from leanify.models.load import load
+from leanify.passes.registry import PassContext, run_pipeline
+from leanify.search.plan import Candidate, plan
+from leanify.search.select import OBJECTIVES, Targets, choose, judge, pareto_front
+from leanify.search.store import TrialStore
+
+SCHEMA_VERSION = 1
+TASKS = ("embedding-similarity", "text-classification", "fidelity")
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class OptimizeSettings:
+    task: str
+    data: Path
+    out: Path
+    targets: Targets = field(default_factory=Targets)
+    objective: str = "latency"
+    batch_sizes: tuple[int, ...] = (1, 32)
+    seq_lens: tuple[int, ...] = (128,)
+    threads: int | None = None
+    rounds: int = 2
+    calibration_size: int = 300
+    max_length: int = 128
+    resume: bool = False
+    candidates: list[str] | None = None
+    text_col: str | None = None
+    pair_cols: tuple[str, str] | None = None
+    label_col: str | None = None
+    score_col: str | None = None
+    trust_pickle: bool = False
+
+    def check(self) -> None:
+        if self.task not in TASKS:
+            raise LeanifyError(f"unknown task '{self.task}'.",
+                               fix=f"Choose one of: {', '.join(TASKS)}.")
+        if self.objective not in OBJECTIVES:
+            raise LeanifyError(f"unknown objective '{self.objective}'.",
+                               fix=f"Choose one of: {', '.join(OBJECTIVES)}.")
+        if self.targets.max_drop < 0:
+            raise LeanifyError("--max-drop must be zero or more.", fix="Use e.g. --max-drop 0.5.")
+
+
+def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
+             progress: Progress | None = None) -> dict[str, Any]:
+    """Run the whole search; return the record also written to OUT/leanify.json."""
+    from leanify.measure.data import check_labels, read_dataset, split
+
+    settings.check()
+    tick = progress or (lambda _d, _t, _w: None)
+    source = load(model, trust_pickle=settings.trust_pickle)
+    # Everything that can be wrong with the input is checked before any long work.
+    dataset = read_dataset(settings.data, settings.task, text_col=settings.text_col,
+                           pair_cols=settings.pair_cols, label_col=settings.label_col,
+                           score_col=settings.score_col)
+    if settings.task == "text-classification":
+        check_labels(dataset, source.meta.get("labels"))
+    out = _prepare_out(settings.out, source, settings.resume)
+    threads = settings.threads or usable_cores()
+    calibration, evaluation = split(dataset, calibration_size=settings.calibration_size)
+    candidates = plan(source, only=settings.candidates, calibration=len(calibration) > 0)
+
+    identity = {
+        "model": str(source.path), "model_sha256": source.sha256(),
+        "data": str(Path(settings.data).resolve()), "data_sha256": _file_sha(settings.data),
+        "task": settings.task, "batch_sizes": list(settings.batch_sizes),
+        "seq_lens": list(settings.seq_lens), "threads": threads,
+        "calibration_size": settings.calibration_size, "max_length": settings.max_length,
+    }
+    store = TrialStore(out / "trials.db")
+    try:
+        previous = store.get_run()
+        if previous and previous.get("identity") != identity:
+            changed = sorted(k for k in identity if previous["identity"].get(k) != identity[k])
+            raise LeanifyError(
+                f"holds a run with other settings ({', '.join(changed)} differ), so it cannot "
+                "be resumed.", path=out, fix="Choose another --out, or repeat the first run's "
+                "settings.")
+        store.set_run({"identity": identity, "started": time.time()})
+        started = datetime.now(UTC)
+        total = 1 + 3 * len(candidates)
+        done = 0
+
+        ctx = PassContext(
+            work_dir=out / "work", threads=threads,
+            isa_flags=frozenset(machine_info()["cpu"]["isa_flags"]),
+            calibration=_calibration_batches(source, calibration, settings.max_length),
+        )
+        tick(done, total, "evaluating the baseline")
+        baseline = store.get("baseline")
+        if baseline is None:
+            t0 = time.time()
+            metric = _evaluate(source, evaluation, settings, threads)
+            baseline = {"name": "baseline", "passes": [], "metric": metric,
+                        "format": source.format, "artifact": str(source.path),
+                        "size_mb": _size_mb(source), "params": source.meta.get("params")}
+            store.put("baseline", "baseline", 0, "done", baseline, t0)
+        done += 1
+        results: list[dict[str, Any]] = []
+        for position, candidate in enumerate(candidates, 1):
+            key = _trial_key(identity, candidate)
+            cached = store.get(key)
+            if cached is not None:
+                done += 3
+                tick(done, total, f"{candidate.name}: already done")
+                results.append(cached)
+                continue
+            t0 = time.time()
+
+            def say(what: str, step: int, name: str = candidate.name, start: int = done) -> None:
+                tick(start + step, total, f"{name}: {what}")
+
+            trial = _run_trial(candidate, source, baseline, evaluation, settings, threads, ctx,
+                               say)
+            done += 3
+            if trial["status"] == "done":
+                judge(trial, baseline, settings.targets)
+            store.put(key, candidate.name, position, trial["status"], trial, t0)
+            results.append(trial)
+        tick(total, total, "writing the report")
+        record = _finish(out, source, baseline, results, settings, identity, started)
+    finally:
+        store.close()
+    return record
+
+
+# --- trials ----------------------------------------------------------------------------
+
+
+def _run_trial(candidate: Candidate, source: Artifact, baseline: dict[str, Any], evaluation,
+               settings: OptimizeSettings, threads: int, ctx: PassContext,
+               say: Callable[[str, int], None]) -> dict[str, Any]:
+    trial: dict[str, Any] = {"name": candidate.name, "passes": candidate.passes(),
+                             "status": "failed", "accepted": False}
+    try:
+        say("building", 0)
+        artifact = run_pipeline(source, candidate.pipeline, ctx)
+        trial.update(artifact=str(artifact.path), format=artifact.format,
+                     size_mb=_size_mb(artifact), params=artifact.meta.get("params"),
+                     pass_meta={k: v for k, v in artifact.meta.items()
+                                if k in ("fusions", "quantization", "precision", "exporter")})
+        say("evaluating", 1)
+        trial["metric"] = _evaluate(artifact, evaluation, settings, threads,
+                                    reference=baseline.get("reference"))
+        say("measuring against the baseline", 2)
+        record = bench([source, artifact], BenchSettings(
+            batch_sizes=settings.batch_sizes, seq_lens=settings.seq_lens, threads=threads,
+            rounds=settings.rounds, warmup_s=0.3, min_iters=5, min_time_s=0.5))
+    except LeanifyError as exc:
+        trial["reason"] = f"failed: {exc.render()}"
+        return trial
+    trial.update(_latency_fields(record))
+    trial["status"] = "done"
+    return trial
+
+
+def _latency_fields(record: dict[str, Any]) -> dict[str, Any]:
+    base_name, cand_name = (m["name"] for m in record["models"])
+    rows = {(r["model"], r["batch_size"], r["seq_len"]): r for r in record["results"]}
+    points = []
+    for (model, batch, seq), row in rows.items():
+        if model != cand_name:
+            continue
+        base = rows[(base_name, batch, seq)]
+        points.append({
+            "batch_size": batch, "seq_len": seq,
+            "latency_ms": {k: row["latency_ms"][k] for k in ("p50", "p90", "p99")},
+            "baseline_latency_ms": {k: base["latency_ms"][k] for k in ("p50", "p90", "p99")},
+            "speedup": row["vs_baseline"]["speedup"],
+            "speedup_ci95": row["vs_baseline"]["speedup_ci95"],
+            "throughput_per_s": row["throughput_per_s"],
+            "peak_rss_mb": row["peak_rss_mb"], "baseline_peak_rss_mb": base["peak_rss_mb"],
+        })
+    primary = min(points, key=lambda p: (p["batch_size"], -p["seq_len"]))
+    return {
+        "points": points,
+        "latency_ms": primary["latency_ms"],
+        "baseline_latency_ms": primary["baseline_latency_ms"],
+        "primary_point": {"batch_size": primary["batch_size"], "seq_len": primary["seq_len"]},
+        "peak_rss_mb": max(p["peak_rss_mb"] for p in points),
+        "baseline_peak_rss_mb": max(p["baseline_peak_rss_mb"] for p in points),
+        "runtime": record["models"][1]["runtime"],
+    }
+
+
+def _trial_key(identity: dict[str, Any], candidate: Candidate) -> str:
+    blob = json.dumps({"identity": identity, "passes": [c.key() for c in candidate.pipeline]},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# --- evaluation in a child process -------------------------------------------------------
+
+
+def _evaluate(artifact: Artifact, dataset, settings: OptimizeSettings, threads: int,
+              reference: str | None = None) -> dict[str, Any]:
+    """Score a model in a fresh process: its runtime's thread pools never meet another's."""
+    if artifact.path is None:  # an in-memory module cannot travel: evaluate here
+        return _evaluate_here(artifact, dataset, settings.task, threads, settings.max_length,
+                              reference)
+    ctx = get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        future = pool.submit(_evaluate_child, str(artifact.path), artifact.meta, dataset,
+                             settings.task, threads, settings.max_length, reference)
+        return future.result()
+
+
+def _evaluate_child(path: str, meta: dict[str, Any], dataset, task: str, threads: int,
+                    max_length: int, reference: str | None) -> dict[str, Any]:
+    from dataclasses import replace
+
+    artifact = load(path)
+    artifact = replace(artifact, meta={**meta, **artifact.meta})
+    return _evaluate_here(artifact, dataset, task, threads, max_length, reference)
+
+
+def _evaluate_here(artifact: Artifact, dataset, task: str, threads: int, max_length: int,
+                   reference: str | None) -> dict[str, Any]:
+    from leanify.measure.evaluate import evaluate
+
+    metric = evaluate(artifact, dataset, task, threads=threads, max_length=max_length,
+                      reference=reference)
+    return {"name": metric.name, "value": round(float(metric.value), 4),
+            "higher_is_better": metric.higher_is_better, "details": metric.details}
+
+
+def _calibration_batches(source: Artifact, calibration, max_length: int):
+    if calibration is None or len(calibration) == 0 or source.tokenizer_path is None:
+        return None
+
+    def batches():
+        from leanify.measure.data import calibration_texts, text_batches
+
+        texts = calibration_texts(calibration)
+        yield from text_batches(texts, source.tokenizer_path, 16, max_length,
+                                source.input_names)
+
+    return batches
+
+
+# --- output ----------------------------------------------------------------------------
+
+
+def _prepare_out(out: Path, source: Artifact, resume: bool) -> Path:
+    out = Path(out).expanduser().resolve()
+    if source.path is not None:
+        model_root = source.path if source.path.is_dir() else source.path.parent
+        if out == model_root or out.is_relative_to(model_root):
+            raise LeanifyError(
+                "is inside or next to the input model; leanify never writes there.", path=out,
+                fix="Choose an --out folder outside the model's folder.")
+    if out.exists() and not out.is_dir():
+        raise LeanifyError("exists and is not a folder.", path=out,
+                           fix="Choose a new --out folder.")
+    has_run = (out / "trials.db").exists()
+    if has_run and not resume:
+        raise LeanifyError("already holds an optimization run.", path=out,
+                           fix="Pass --resume to continue it, or choose another --out.")
+    if out.exists() and any(out.iterdir()) and not has_run:
+        raise LeanifyError("exists and is not empty.", path=out,
+                           fix="Choose a new or empty --out folder.")
+    if resume and not has_run:
+        raise LeanifyError("holds no run to resume.", path=out,
+                           fix="Run without --resume to start one.")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _finish(out: Path, source: Artifact, baseline: dict[str, Any], results: list[dict[str, Any]],
+            settings: OptimizeSettings, identity: dict[str, Any], started: datetime
+            ) -> dict[str, Any]:
+    done = [r for r in results if r["status"] == "done"]
+    selected = choose(done, settings.objective)
+    baseline_entry = dict(baseline)
+    if selected is not None:  # the baseline's latency from the selected trial's own bench
+        baseline_entry["latency_ms"] = selected["baseline_latency_ms"]
+        baseline_entry["peak_rss_mb"] = selected["baseline_peak_rss_mb"]
+    elif done:
+        baseline_entry["latency_ms"] = done[0]["baseline_latency_ms"]
+        baseline_entry["peak_rss_mb"] = done[0]["baseline_peak_rss_mb"]
+    selected_out = None
+    if selected is not None:
+        selected_out = _install_selected(out, selected)
+    misses = selected.get("target_misses", []) if selected else []
+    machine = machine_info()
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "tool": "leanify optimize",
+        "started": started.isoformat(timespec="seconds"),
+        "wall_s": round((datetime.now(UTC) - started).total_seconds(), 1),
+        "task": settings.task,
+        "data": identity["data"],
+        "settings": {
+            "objective": settings.objective, "targets": asdict(settings.targets),
+            "batch_sizes": list(settings.batch_sizes), "seq_lens": list(settings.seq_lens),
+            "threads": identity["threads"], "rounds": settings.rounds,
+            "calibration_size": settings.calibration_size, "max_length": settings.max_length,
+        },
+        "machine": machine,
+        "versions": machine["versions"],
+        "input": {"path": identity["model"], "format": source.format,
+                  "sha256": identity["model_sha256"]},
+        "baseline": baseline_entry,
+        "candidates": results,
+        "pareto_front": pareto_front([r for r in done if "latency_ms" in r]),
+        "selected": selected_out,
+        "targets_met": selected is not None and not misses,
+        "verdict": _verdict(selected, misses, results, settings),
+    }
+    write_json(record, out / "leanify.json")
+    from leanify.report.html import render_optimize
+
+    _write_text(out / "report.html", render_optimize(record))
+    return record
+
+
+def _install_selected(out: Path, selected: dict[str, Any]) -> dict[str, Any]:
+    """Copy the selected artifact's folder to OUT/model atomically; hash its files."""
+    src = Path(selected["artifact"])
+    folder = src if src.is_dir() else src.parent
+    target = out / "model"
+    tmp = out / ".model.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(folder, tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    model_file = target / src.name if not src.is_dir() else target
+    artifact = load(model_file)
+    return {
+        "name": selected["name"],
+        "artifact": str(model_file.relative_to(out)),
+        "format": artifact.format,
+        "runtime": selected.get("runtime"),
+        "sha256": artifact.sha256(),
+        "files": {str(p.relative_to(target)): _file_sha(p) for p in artifact.files()},
+    }
+
+
+def _verdict(selected, misses, results, settings) -> str:
+    if selected is None:
+        failed = [f"{r['name']}: {r.get('reason', 'failed')}" for r in results]
+        return "No candidate passed the gates, so no model was written. " + " | ".join(failed)
+    text = (f"Selected {selected['name']}: {selected['metric']['name']} "
+            f"{selected['metric']['value']:.2f} (drop {selected['metric_drop']:.2f}), "
+            f"{_geo_speedup(selected):.2f}× faster (geometric mean over the measured points), "
+            f"{selected.get('size_mb', 0):.1f} MB.")
+    if misses:
+        text += " Targets not met — best so far kept: " + "; ".join(misses) + "."
+    return text
+
+
+def _geo_speedup(trial: dict[str, Any]) -> float:
+    s = [p["speedup"] for p in trial["points"]]
+    return math.exp(sum(math.log(x) for x in s) / len(s))
+
+
+def _size_mb(artifact: Artifact) -> float | None:
+    return round(artifact.size_bytes() / 2**20, 3) if artifact.path else None
+
+
+def _file_sha(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

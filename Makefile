@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	mkdir -p out
-	$(BIN)/leanify bench minilm --batch-size 1,32 --seq-len 128 --json out/bench.json
+	$(BIN)/leanify optimize minilm --task embedding-similarity \
+		--data examples/data/stsb/sts-test.csv --calibration-data examples/data/stsb/sts-dev.csv \
+		--out out/minilm $$(test -f out/minilm/trials.db && echo --resume)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

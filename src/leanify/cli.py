@@ -27,7 +27,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 err = Console(stderr=True)
-out = Console()
+stdout = Console()
 DEBUG = False
 
 
@@ -52,10 +52,10 @@ def _root(
     if version:
         from leanify import __version__
 
-        out.print(f"leanify {__version__}")
+        stdout.print(f"leanify {__version__}")
         raise typer.Exit()
     if ctx.invoked_subcommand is None:
-        out.print(ctx.get_help())
+        stdout.print(ctx.get_help())
 
 
 @app.command()
@@ -109,9 +109,9 @@ def bench(
     if not quiet:
         from leanify.report.console import render_bench
 
-        render_bench(record, out)
+        render_bench(record, stdout)
         if json_path is not None:
-            out.print(f"[dim]record written to {json_path}[/]")
+            stdout.print(f"[dim]record written to {json_path}[/]")
 
 
 @app.command()
@@ -144,6 +144,9 @@ def optimize(
     rounds: Annotated[int, typer.Option(help="Interleaved timing rounds per candidate.")] = 2,
     calibration_size: Annotated[int, typer.Option(
         help="Rows held out of --data for calibration (never evaluated on).")] = 300,
+    calibration_data: Annotated[Path | None, typer.Option(
+        help="A separate file for calibration (then all of --data is evaluated).",
+        show_default=False)] = None,
     candidates: Annotated[str | None, typer.Option(
         help="Only these candidates, comma-separated.", show_default=False)] = None,
     text_col: Annotated[str | None, typer.Option(show_default=False)] = None,
@@ -180,7 +183,7 @@ def optimize(
                         max_size_mb=max_size_mb, max_memory_mb=max_memory_mb),
         batch_sizes=tuple(_ints(batch_size, "--batch-size")),
         seq_lens=tuple(_ints(seq_len, "--seq-len")), threads=threads, rounds=rounds,
-        calibration_size=calibration_size, resume=resume,
+        calibration_size=calibration_size, calibration_data=calibration_data, resume=resume,
         candidates=[c.strip() for c in candidates.split(",")] if candidates else None,
         text_col=text_col, pair_cols=pairs, label_col=label_col, score_col=score_col,
         trust_pickle=trust_pickle,
@@ -192,7 +195,7 @@ def optimize(
             record = run_optimize(model, settings, progress=tick)
         from leanify.report.console import render_optimize
 
-        render_optimize(record, out, settings.out.resolve())
+        render_optimize(record, stdout, settings.out.resolve())
     if not record["selected"] or not record["targets_met"]:
         raise typer.Exit(3)
 
@@ -214,19 +217,19 @@ def info(
     described = artifact.describe()
     described["size_mb"] = round(artifact.size_bytes() / 2**20, 3)
     if as_json:
-        out.print_json(json.dumps(described))
+        stdout.print_json(json.dumps(described))
         return
-    out.print(f"[bold]{artifact.name}[/]  format [cyan]{artifact.format}[/]  "
+    stdout.print(f"[bold]{artifact.name}[/]  format [cyan]{artifact.format}[/]  "
               f"{described['size_mb']:.1f} MB  {artifact.meta.get('params', '?')} parameters")
-    out.print(f"  path: {artifact.path}")
+    stdout.print(f"  path: {artifact.path}")
     for spec in artifact.inputs:
         rng = f" in [{spec.low}, {spec.high})" if spec.high is not None else ""
         shape = list(spec.shape) if spec.shape else "?"
-        out.print(f"  input {spec.name}: {spec.dtype} {shape}{rng}"
+        stdout.print(f"  input {spec.name}: {spec.dtype} {shape}{rng}"
                   + (" (optional)" if spec.optional else ""))
     for key in ("task", "pooling", "normalize", "tokenizer", "architecture"):
         if key in artifact.meta:
-            out.print(f"  {key}: {artifact.meta[key]}")
+            stdout.print(f"  {key}: {artifact.meta[key]}")
 
 
 @contextlib.contextmanager
@@ -263,6 +266,10 @@ def main(argv: list[str] | None = None) -> None:
         DEBUG = True
         args.remove("--debug")
     DEBUG = DEBUG or os.environ.get("LEANIFY_DEBUG") == "1"
+    # Libraries' own progress bars and chatter would drown ours (children inherit this).
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         code = app(args=args, prog_name="leanify", standalone_mode=False)
     except KeyboardInterrupt:

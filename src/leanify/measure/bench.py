@@ -334,9 +334,19 @@ def _record(
                     "latency_ratio": round(p50 / stats.percentiles(base_samples)["p50"], 4),
                 }
             results.append(row)
+    warnings = []
+    load_start = machine.get("load_average_start") or [0.0]
+    cores = machine["cpu"]["usable_cores"] or 1
+    if load_start[0] > 0.5 * cores:
+        warnings.append(
+            f"the machine was busy before the run started (load average {load_start[0]:.2f} on "
+            f"{cores} cores): other processes competed for the CPU, so absolute times are "
+            "inflated and noisy; the interleaved ratios are the numbers to trust, and a quiet "
+            "rerun is better still")
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": "leanify bench",
+        "warnings": warnings,
         "started": started.isoformat(timespec="seconds"),
         "wall_s": round((finished - started).total_seconds(), 1),
         "machine": machine,

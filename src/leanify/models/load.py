@@ -56,7 +56,10 @@ def load(
     if isinstance(source, Artifact):
         return source
     if not isinstance(source, str | os.PathLike):
-        return _load_module(source, example_inputs, name)
+        artifact = _load_module(source, example_inputs, name)
+        if tokenizer is not None:
+            artifact = _replace_meta(artifact, tokenizer=str(_tokenizer_folder(tokenizer)))
+        return artifact
     text = os.fspath(source)
     if text in ALIASES:
         path, label = _alias_path(text), text
@@ -70,15 +73,19 @@ def load(
         )
     artifact = _load_path(path.resolve(), name or label, trust_pickle)
     if tokenizer is not None:
-        tok = Path(tokenizer).expanduser().resolve()
-        if not any((tok / f).exists() for f in TOKENIZER_FILES):
-            raise LeanifyError(
-                "holds no tokenizer files (tokenizer.json, tokenizer_config.json or vocab.txt).",
-                path=tok,
-                fix="Point --tokenizer at the model folder the tokenizer came with.",
-            )
-        artifact = _replace_meta(artifact, tokenizer=str(tok))
+        artifact = _replace_meta(artifact, tokenizer=str(_tokenizer_folder(tokenizer)))
     return artifact
+
+
+def _tokenizer_folder(tokenizer: str | os.PathLike) -> Path:
+    tok = Path(tokenizer).expanduser().resolve()
+    if not any((tok / f).exists() for f in TOKENIZER_FILES):
+        raise LeanifyError(
+            "holds no tokenizer files (tokenizer.json, tokenizer_config.json or vocab.txt).",
+            path=tok,
+            fix="Point --tokenizer at the model folder the tokenizer came with.",
+        )
+    return tok
 
 
 def _replace_meta(artifact: Artifact, **updates: Any) -> Artifact:

@@ -184,6 +184,8 @@ class HFRunner(_TorchRunner):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
         self.torch = _torch(threads)
         transformers = require("transformers", "torch", "Running Hugging Face models")
+        transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars
+        transformers.utils.logging.set_verbosity_error()
         arch = artifact.meta.get("architecture")
         cls = getattr(transformers, arch, None) if arch else None
         if cls is None or not hasattr(cls, "from_pretrained"):

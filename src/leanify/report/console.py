@@ -88,6 +88,8 @@ def render_bench(record: dict[str, Any], console: Console) -> None:
             f"{m['load_s']:.2f}", source,
         )
     console.print(models)
+    for warning in record.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     console.print(
         f"[dim]peak RSS: measured by the OS in each model's process, minus a bare Python "
         f"interpreter ({record['bare_interpreter_rss_mb']:.0f} MB). Speed-up: baseline p50 / "
@@ -102,7 +104,7 @@ def render_optimize(record: dict[str, Any], console: Console, out_dir: Any) -> N
     table = Table(title=f"leanify optimize — {record['task']}, baseline "
                         f"{base['metric']['name']} {base['metric']['value']:.2f}",
                   title_justify="left")
-    table.add_column("candidate", style="bold")
+    table.add_column("candidate", style="bold", no_wrap=True)
     table.add_column(base["metric"]["name"], justify="right")
     for b, s in points:
         table.add_column(f"speed-up b{b}×s{s}", justify="right")
@@ -124,6 +126,8 @@ def render_optimize(record: dict[str, Any], console: Console, out_dir: Any) -> N
         cells.append(verdict)
         table.add_row(*cells)
     console.print(table)
+    for warning in record.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     colour = "green" if record.get("targets_met") else "yellow" if record.get("selected") else "red"
     console.print(f"[{colour}]{record['verdict']}[/]", highlight=False)
     if record.get("selected"):

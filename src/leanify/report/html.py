@@ -49,13 +49,16 @@ def render_optimize(record: dict[str, Any]) -> str:
         f"({escape(', '.join(cpu['isa_flags']))}) · threads {record['settings']['threads']} · "
         f"{escape(record['started'])}</p>",
         f"<div class='verdict {'ok' if verdict_ok else 'bad'}'>{escape(record['verdict'])}</div>",
+        *[f"<div class='verdict bad'>warning: {escape(w)}</div>"
+          for w in record.get("warnings", [])],
         "<h2>Before and after</h2>",
         _before_after(base, sel),
         "<h2>Latency vs accuracy</h2>",
         _chart(base, cands, record.get("pareto_front", []), selected),
         "<p class='small'>Each dot is a candidate (green: accepted; red: rejected). The line "
         "joins the Pareto front: no other candidate is both faster and more accurate. Latency "
-        "is the p50 at the primary point (smallest batch, longest sequence).</p>",
+        "is the p50 at the primary point (smallest batch, longest sequence); the finalists were "
+        "measured together in one interleaved run.</p>",
         "<h2>Every candidate</h2>",
         _candidates_table(cands, selected),
     ]

@@ -28,7 +28,7 @@ from leanify.models.artifact import Artifact
 from leanify.models.load import load
 from leanify.passes.registry import PassContext, run_pipeline
 from leanify.search.plan import Candidate, plan
-from leanify.search.select import OBJECTIVES, Targets, choose, judge, pareto_front
+from leanify.search.select import OBJECTIVES, Targets, choose, judge, pareto_front, score
 from leanify.search.store import TrialStore
 
 SCHEMA_VERSION = 1
@@ -48,6 +48,7 @@ class OptimizeSettings:
     threads: int | None = None
     rounds: int = 2
     calibration_size: int = 300
+    calibration_data: Path | None = None  # else a calibration split is held out of `data`
     max_length: int = 128
     resume: bool = False
     candidates: list[str] | None = None
@@ -84,7 +85,19 @@ def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
         check_labels(dataset, source.meta.get("labels"))
     out = _prepare_out(settings.out, source, settings.resume)
     threads = settings.threads or usable_cores()
-    calibration, evaluation = split(dataset, calibration_size=settings.calibration_size)
+    if settings.calibration_data is not None:
+        calib_set = read_dataset(settings.calibration_data, settings.task,
+                                 text_col=settings.text_col, pair_cols=settings.pair_cols,
+                                 label_col=settings.label_col, score_col=settings.score_col)
+        if Path(settings.calibration_data).resolve() == Path(settings.data).resolve():
+            raise LeanifyError("the calibration data is the evaluation data.",
+                               path=settings.calibration_data,
+                               fix="Give a different file, or leave --calibration-data out to "
+                               "hold a split out of --data.")
+        n = min(settings.calibration_size, len(calib_set))
+        calibration, evaluation = calib_set.subset(list(range(n))), dataset
+    else:
+        calibration, evaluation = split(dataset, calibration_size=settings.calibration_size)
     candidates = plan(source, only=settings.candidates, calibration=len(calibration) > 0)
 
     identity = {
@@ -93,6 +106,9 @@ def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
         "task": settings.task, "batch_sizes": list(settings.batch_sizes),
         "seq_lens": list(settings.seq_lens), "threads": threads,
         "calibration_size": settings.calibration_size, "max_length": settings.max_length,
+        "calibration_data": (str(Path(settings.calibration_data).resolve())
+                             if settings.calibration_data else None),
+        "calibration_rows": len(calibration), "evaluation_rows": len(evaluation),
     }
     store = TrialStore(out / "trials.db")
     try:
@@ -117,10 +133,15 @@ def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
         baseline = store.get("baseline")
         if baseline is None:
             t0 = time.time()
-            metric = _evaluate(source, evaluation, settings, threads)
+            reference = None
+            if settings.task == "fidelity":  # the original's outputs, kept for every trial
+                reference = str(out / "work" / "reference.npy")
+                _reference(source, evaluation, threads, settings.max_length, reference)
+            metric = _evaluate(source, evaluation, settings, threads, reference)
             baseline = {"name": "baseline", "passes": [], "metric": metric,
                         "format": source.format, "artifact": str(source.path),
-                        "size_mb": _size_mb(source), "params": source.meta.get("params")}
+                        "size_mb": _size_mb(source), "params": source.meta.get("params"),
+                        "reference": reference}
             store.put("baseline", "baseline", 0, "done", baseline, t0)
         done += 1
         results: list[dict[str, Any]] = []
@@ -144,8 +165,16 @@ def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
                 judge(trial, baseline, settings.targets)
             store.put(key, candidate.name, position, trial["status"], trial, t0)
             results.append(trial)
+        final = store.get("final-bench")
+        if final is None:
+            tick(total, total, "measuring the finalists side by side")
+            final = _final_bench(source, results, settings, threads)
+            store.put("final-bench", "final-bench", len(candidates) + 1, "done", final,
+                      time.time())
+        _apply_final(results, final, baseline, settings.targets)
         tick(total, total, "writing the report")
-        record = _finish(out, source, baseline, results, settings, identity, started)
+        record = _finish(out, source, baseline, results, settings, identity, started,
+                         final.get("warnings", []))
     finally:
         store.close()
     return record
@@ -179,6 +208,47 @@ def _run_trial(candidate: Candidate, source: Artifact, baseline: dict[str, Any],
     trial.update(_latency_fields(record))
     trial["status"] = "done"
     return trial
+
+
+FINALISTS = 4
+
+
+def _final_bench(source: Artifact, results: list[dict[str, Any]], settings: OptimizeSettings,
+                 threads: int) -> dict[str, Any]:
+    """The best accepted trials and the baseline in ONE interleaved run.
+
+    Each trial was timed against the baseline on its own; comparing trials through those
+    separate runs lets a noisy minute pick the winner. The finalists are measured together.
+    """
+    accepted = [r for r in results if r.get("accepted")]
+    finalists = sorted(accepted, key=lambda r: score(r, settings.objective))[:FINALISTS]
+    if not finalists:
+        return {"finalists": [], "models": []}
+    artifacts = [load(r["artifact"], name=r["name"]) for r in finalists]
+    record = bench([source, *artifacts], BenchSettings(
+        batch_sizes=settings.batch_sizes, seq_lens=settings.seq_lens, threads=threads,
+        rounds=settings.rounds + 1, warmup_s=0.3, min_iters=5, min_time_s=0.5))
+    fields = {}
+    for model in record["models"][1:]:
+        sub = {"models": [record["models"][0], model],
+               "results": [r for r in record["results"]
+                           if r["model"] in (record["models"][0]["name"], model["name"])]}
+        fields[model["name"]] = _latency_fields(sub)
+    return {"finalists": [r["name"] for r in finalists], "fields": fields,
+            "models": record["models"], "warnings": record.get("warnings", [])}
+
+
+def _apply_final(results: list[dict[str, Any]], final: dict[str, Any], baseline: dict[str, Any],
+                 targets: Targets) -> None:
+    """Finalists take their latency from the side-by-side run (trial runs are kept apart)."""
+    for trial in results:
+        fields = final.get("fields", {}).get(trial["name"])
+        if fields is None:
+            continue
+        trial.setdefault("trial_points", trial["points"])
+        trial.update(fields)
+        trial["finalist"] = True
+        judge(trial, baseline, targets)
 
 
 def _latency_fields(record: dict[str, Any]) -> dict[str, Any]:
@@ -243,12 +313,39 @@ def _evaluate_child(path: str, meta: dict[str, Any], dataset, task: str, threads
 
 def _evaluate_here(artifact: Artifact, dataset, task: str, threads: int, max_length: int,
                    reference: str | None) -> dict[str, Any]:
+    import numpy as np
+
     from leanify.measure.evaluate import evaluate
 
     metric = evaluate(artifact, dataset, task, threads=threads, max_length=max_length,
-                      reference=reference)
+                      reference=np.load(reference) if reference else None)
     return {"name": metric.name, "value": round(float(metric.value), 4),
             "higher_is_better": metric.higher_is_better, "details": metric.details}
+
+
+def _reference(source: Artifact, dataset, threads: int, max_length: int, target: str) -> None:
+    """The original model's outputs on the evaluation texts, saved for fidelity scoring."""
+    if source.path is None:
+        _reference_child(source, dataset, threads, max_length, target)
+        return
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        pool.submit(_reference_child, str(source.path), dataset, threads, max_length,
+                    target).result()
+
+
+def _reference_child(source: Artifact | str, dataset, threads: int, max_length: int,
+                     target: str) -> None:
+    import numpy as np
+
+    from leanify.measure.evaluate import reference_outputs
+
+    artifact = load(source)
+    array = reference_outputs(artifact, dataset.all_texts(), threads=threads,
+                              max_length=max_length)
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(target).with_suffix(".partial.npy")
+    np.save(tmp, array)
+    os.replace(tmp, target)
 
 
 def _calibration_batches(source: Artifact, calibration, max_length: int):
@@ -294,8 +391,8 @@ def _prepare_out(out: Path, source: Artifact, resume: bool) -> Path:
 
 
 def _finish(out: Path, source: Artifact, baseline: dict[str, Any], results: list[dict[str, Any]],
-            settings: OptimizeSettings, identity: dict[str, Any], started: datetime
-            ) -> dict[str, Any]:
+            settings: OptimizeSettings, identity: dict[str, Any], started: datetime,
+            warnings: list[str]) -> dict[str, Any]:
     done = [r for r in results if r["status"] == "done"]
     selected = choose(done, settings.objective)
     baseline_entry = dict(baseline)
@@ -333,6 +430,7 @@ def _finish(out: Path, source: Artifact, baseline: dict[str, Any], results: list
         "selected": selected_out,
         "targets_met": selected is not None and not misses,
         "verdict": _verdict(selected, misses, results, settings),
+        "warnings": warnings,
     }
     write_json(record, out / "leanify.json")
     from leanify.report.html import render_optimize

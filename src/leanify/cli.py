@@ -280,7 +280,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _interrupted() -> None:
-    err.print("[yellow]Interrupted.[/] Nothing partial was written.")
+    err.print("[yellow]Interrupted.[/] No half-written file was left; an optimize run keeps "
+              "its finished trials and continues with --resume.")
     sys.exit(130)
 
 

@@ -392,8 +392,12 @@ def _torch_text_inputs(names: Sequence[str], state: Mapping[str, Any]) -> tuple[
 
 def _load_torchscript(path: Path, name: str) -> Artifact:
     torch = require("torch", "torch", "Loading TorchScript models")
+    import warnings
+
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():  # TorchScript is deprecated, and still asked for
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # torch raises RuntimeError subclasses with C++ text
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LeanifyError(

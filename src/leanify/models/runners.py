@@ -228,7 +228,11 @@ class TorchScriptRunner(_TorchRunner):
     def __init__(self, artifact: Artifact, threads: int | None):
         super().__init__(artifact, threads)
         self.torch = _torch(threads)
-        self.model = self.torch.jit.load(str(artifact.path), map_location="cpu").eval()
+        import warnings
+
+        with warnings.catch_warnings():  # TorchScript is deprecated, and still asked for
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.model = self.torch.jit.load(str(artifact.path), map_location="cpu").eval()
 
     def _call(self, inputs: dict[str, Any]) -> Any:
         return self.model(*[inputs[n] for n in self.input_names if n in inputs])

@@ -98,7 +98,9 @@ def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
         calibration, evaluation = calib_set.subset(list(range(n))), dataset
     else:
         calibration, evaluation = split(dataset, calibration_size=settings.calibration_size)
-    candidates = plan(source, only=settings.candidates, calibration=len(calibration) > 0)
+    isa_flags = frozenset(machine_info()["cpu"]["isa_flags"])
+    candidates = plan(source, only=settings.candidates, calibration=len(calibration) > 0,
+                      isa_flags=isa_flags)
 
     identity = {
         "model": str(source.path), "model_sha256": source.sha256(),
@@ -126,7 +128,7 @@ def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
 
         ctx = PassContext(
             work_dir=out / "work", threads=threads,
-            isa_flags=frozenset(machine_info()["cpu"]["isa_flags"]),
+            isa_flags=isa_flags,
             calibration=_calibration_batches(source, calibration, settings.max_length),
         )
         tick(done, total, "evaluating the baseline")

@@ -21,11 +21,12 @@ from typing import Any
 
 from leanify.errors import LeanifyError
 from leanify.measure import memory, stats
-from leanify.measure.machine import machine_info, usable_cores
+from leanify.measure.machine import cpu_busy_fraction, machine_info, usable_cores
 from leanify.models.artifact import Artifact
 from leanify.models.load import load
 
 SCHEMA_VERSION = 1
+BUSY_WARNING = 0.25  # share of all cores used by others, while leanify idles, that we flag
 Progress = Callable[[int, int, str], None]  # (done, total, what is running)
 
 
@@ -161,6 +162,7 @@ def bench(
         entries = _resolve(models, settings, Path(scratch))
         started = datetime.now(UTC)
         machine = machine_info()
+        machine["cpu_busy_before"] = cpu_busy_fraction()
         bare_mb = memory.bare_interpreter_rss_mb()
         children: list[_Child] = []
         total = len(entries) * (1 + len(points) * settings.rounds)
@@ -209,6 +211,7 @@ def bench(
         # A busy machine inflates times: record the load around the run.
         machine["load_average_start"] = machine.pop("load_average", None)
         machine["load_average_end"] = load_average_now()
+        machine["cpu_busy_after"] = cpu_busy_fraction()
     return _record(entries, points, settings, threads, machine, bare_mb, started, finished)
 
 
@@ -335,14 +338,12 @@ def _record(
                 }
             results.append(row)
     warnings = []
-    load_start = machine.get("load_average_start") or [0.0]
-    cores = machine["cpu"]["usable_cores"] or 1
-    if load_start[0] > 0.5 * cores:
+    busy = max(machine.get("cpu_busy_before") or 0.0, machine.get("cpu_busy_after") or 0.0)
+    if busy > BUSY_WARNING:
         warnings.append(
-            f"the machine was busy before the run started (load average {load_start[0]:.2f} on "
-            f"{cores} cores): other processes competed for the CPU, so absolute times are "
-            "inflated and noisy; the interleaved ratios are the numbers to trust, and a quiet "
-            "rerun is better still")
+            f"other processes kept {busy:.0%} of the CPU busy around this run: absolute times "
+            "are inflated and noisy; the interleaved ratios are the numbers to trust, and a "
+            "quiet rerun is better still")
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": "leanify bench",

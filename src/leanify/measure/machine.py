@@ -69,6 +69,33 @@ def load_average() -> list[float] | None:
         return None
 
 
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies over all CPUs since boot, from /proc/stat."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
+def cpu_busy_fraction(seconds: float = 0.5) -> float | None:
+    """Share of all cores that other processes kept busy over a short window.
+
+    Called while leanify itself is idle, it tells whether anything else competes for the CPU
+    right now (a load average would also count leanify's own work of the last minute).
+    """
+    import time
+
+    first = _cpu_times()
+    time.sleep(seconds)
+    second = _cpu_times()
+    if first is None or second is None or second[1] == first[1]:
+        return None
+    return round((second[0] - first[0]) / (second[1] - first[1]), 3)
+
+
 def machine_info() -> dict:
     return {
         "cpu": cpu_info(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -102,15 +103,17 @@ def render_optimize(record: dict[str, Any], console: Console, out_dir: Any) -> N
                      for p in c.get("points", [])})
     base = record["baseline"]
     table = Table(title=f"leanify optimize — {record['task']}, baseline "
-                        f"{base['metric']['name']} {base['metric']['value']:.2f}",
-                  title_justify="left")
+                        f"{base['metric']['name']} {base['metric']['value']:.2f}; "
+                        "speed-up vs the baseline per batch × seq",
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("candidate", style="bold", no_wrap=True)
-    table.add_column(base["metric"]["name"], justify="right")
+    table.add_column(base["metric"]["name"], justify="right", no_wrap=True)
     for b, s in points:
-        table.add_column(f"speed-up b{b}×s{s}", justify="right")
-    table.add_column("size MB", justify="right")
-    table.add_column("verdict")
+        table.add_column(f"{b}×{s}", justify="right", no_wrap=True)
+    table.add_column("MB", justify="right", no_wrap=True)
+    table.add_column("", no_wrap=True)
     selected = (record.get("selected") or {}).get("name")
+    notes = []
     for c in record["candidates"]:
         by_point = {(p["batch_size"], p["seq_len"]): p for p in c.get("points", [])}
         metric = c.get("metric", {}).get("value")
@@ -120,12 +123,15 @@ def render_optimize(record: dict[str, Any], console: Console, out_dir: Any) -> N
             p = by_point.get(key)
             cells.append(f"{p['speedup']:.2f}×" if p else "–")
         cells.append(f"{c['size_mb']:.1f}" if c.get("size_mb") else "–")
-        verdict = "[green]accepted[/]" if c.get("accepted") else f"[red]{c.get('reason', '')}[/]"
-        if c.get("target_misses"):
-            verdict += f" [yellow](targets: {'; '.join(c['target_misses'])})[/]"
-        cells.append(verdict)
+        cells.append("[green]accepted[/]" if c.get("accepted") else "[red]rejected[/]")
+        if not c.get("accepted"):
+            notes.append(f"[red]{c['name']}[/]: {c.get('reason', '')}")
+        elif c.get("target_misses"):
+            notes.append(f"[yellow]{c['name']}[/] misses: {'; '.join(c['target_misses'])}")
         table.add_row(*cells)
     console.print(table)
+    for note in notes:
+        console.print(note, highlight=False)
     for warning in record.get("warnings", []):
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     colour = "green" if record.get("targets_met") else "yellow" if record.get("selected") else "red"

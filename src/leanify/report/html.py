@@ -158,15 +158,20 @@ def _chart(base: dict[str, Any], cands: list[dict[str, Any]], front: list[str],
         svg.append(f"<rect x='{bx - 5:.1f}' y='{by - 5:.1f}' width='10' height='10' "
                    f"fill='#57606a'><title>baseline: {base_lat:.2f} ms</title></rect>")
         svg.append(f"<text x='{bx + 8:.1f}' y='{by + 4:.1f}' font-size='11'>baseline</text>")
-    for c in pts:
+    placed: list[tuple[float, float]] = []  # label anchors so far: nudge labels apart
+    for c in sorted(pts, key=lambda c: c["latency_ms"]["p50"]):
         cx, cy = sx(c["latency_ms"]["p50"]), sy(c["metric"]["value"])
+        ly = cy + 4
+        while any(abs(px - cx) < 110 and abs(py - ly) < 12 for px, py in placed):
+            ly += 13
+        placed.append((cx, ly))
         colour = "#1a7f37" if c.get("accepted") else "#cf222e"
         ring = " stroke='#bf8700' stroke-width='3'" if selected and c["name"] == selected[
             "name"] else ""
         svg.append(f"<circle cx='{cx:.1f}' cy='{cy:.1f}' r='6' fill='{colour}'{ring}>"
                    f"<title>{escape(c['name'])}: {c['latency_ms']['p50']:.2f} ms, "
                    f"{c['metric']['value']:.2f}</title></circle>")
-        svg.append(f"<text x='{cx + 9:.1f}' y='{cy + 4:.1f}' font-size='11'>"
+        svg.append(f"<text x='{cx + 9:.1f}' y='{ly:.1f}' font-size='11'>"
                    f"{escape(c['name'])}</text>")
     svg.append("</svg>")
     return "\n".join(svg)

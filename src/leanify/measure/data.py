@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from leanify.errors import LeanifyError
+from leanify.models.inputs import load_tokenizer
 
 TASKS = ("embedding-similarity", "text-classification", "fidelity")
 # Fewest rows each task can score: Spearman needs 3 pairs to be meaningful at all.
@@ -549,41 +550,6 @@ def _id_key(key: str) -> tuple[int, str]:
 
 
 # --- tokenizing ------------------------------------------------------------------------
-
-
-def load_tokenizer(folder: str | Path):
-    """A fast tokenizer from `folder/tokenizer.json` and its pad token (string, id)."""
-    folder = Path(folder)
-    try:
-        from tokenizers import Tokenizer
-    except ImportError as exc:
-        raise LeanifyError("tokenizing texts needs the Python package 'tokenizers'.",
-                           fix="Install it with: pip install 'leanify[torch]'") from exc
-    file = folder / "tokenizer.json"
-    if not file.is_file():
-        raise LeanifyError(
-            "has no tokenizer.json (leanify reads fast tokenizers only).", path=folder,
-            fix="Save the tokenizer with tokenizer.save_pretrained(...) from transformers, "
-            "or point at the model folder it came with.",
-        )
-    try:
-        tok = Tokenizer.from_file(str(file))
-    except Exception as exc:
-        raise LeanifyError(f"is not a readable tokenizer ({exc}).", path=file,
-                           fix="Re-save the tokenizer.") from exc
-    pad_token = "[PAD]"
-    cfg_file = folder / "tokenizer_config.json"
-    if cfg_file.is_file():
-        try:
-            pad = json.loads(cfg_file.read_text(encoding="utf-8")).get("pad_token")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            pad = None
-        if isinstance(pad, dict):
-            pad = pad.get("content")
-        if isinstance(pad, str):
-            pad_token = pad
-    pad_id = tok.token_to_id(pad_token)
-    return tok, pad_token, pad_id if pad_id is not None else 0
 
 
 def text_batches(

@@ -9,6 +9,7 @@ import csv
 import json
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,8 @@ class InputBuilder:
                     fix="Give texts in .txt/.jsonl/.csv/.tsv, or arrays in .npz.",
                 )
         if self.arrays is None and artifact.tokenizer_path is not None and _wants_tokens(artifact):
-            self.tokenizer, self._pad = _load_tokenizer(artifact.tokenizer_path)
+            self.tokenizer, *pad = load_tokenizer(artifact.tokenizer_path)
+            self._pad = (pad[0], pad[1])
             if self.texts is None:
                 self.texts, self.bundled = bundled_texts(), True
         if self.texts is not None and self.tokenizer is None:
@@ -119,20 +121,20 @@ def _wants_tokens(artifact: Artifact) -> bool:
     return "input_ids" in artifact.input_names
 
 
-def _load_tokenizer(folder: Path) -> tuple[object, tuple[str, int]]:
-    """A fast tokenizer from tokenizer.json, via the `tokenizers` library (no torch import)."""
+def load_tokenizer(folder: str | Path) -> tuple[Any, str, int]:
+    """A fast tokenizer from `folder/tokenizer.json` and its pad token (string, id)."""
+    folder = Path(folder)
     try:
         from tokenizers import Tokenizer
     except ImportError as exc:
-        raise LeanifyError(
-            "building text inputs needs the 'tokenizers' package.",
-            fix="Install it with: pip install 'leanify[torch]'",
-        ) from exc
+        raise LeanifyError("tokenizing texts needs the Python package 'tokenizers'.",
+                           fix="Install it with: pip install 'leanify[torch]'") from exc
     file = folder / "tokenizer.json"
-    if not file.exists():
+    if not file.is_file():
         raise LeanifyError(
             "has no tokenizer.json (leanify reads fast tokenizers only).", path=folder,
-            fix="Save the tokenizer with tokenizer.save_pretrained(...) from transformers.",
+            fix="Save the tokenizer with tokenizer.save_pretrained(...) from transformers, "
+            "or point at the model folder it came with.",
         )
     try:
         tok = Tokenizer.from_file(str(file))
@@ -141,17 +143,17 @@ def _load_tokenizer(folder: Path) -> tuple[object, tuple[str, int]]:
                            fix="Re-save the tokenizer.") from exc
     pad_token = "[PAD]"
     cfg_file = folder / "tokenizer_config.json"
-    if cfg_file.exists():
+    if cfg_file.is_file():
         try:
             pad = json.loads(cfg_file.read_text(encoding="utf-8")).get("pad_token")
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
             pad = None
         if isinstance(pad, dict):
             pad = pad.get("content")
         if isinstance(pad, str):
             pad_token = pad
     pad_id = tok.token_to_id(pad_token)
-    return tok, (pad_token, pad_id if pad_id is not None else 0)
+    return tok, pad_token, pad_id if pad_id is not None else 0
 
 
 _BUNDLED: list[str] | None = None

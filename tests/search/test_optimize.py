@@ -211,6 +211,6 @@ def _trial_times(out: Path) -> dict[str, float]:
     try:
         with sqlite3.connect(db) as con:
             return dict(con.execute(
-                "SELECT key, finished FROM trials WHERE key != 'final-bench'"))
+                "SELECT key, finished FROM trials WHERE key NOT LIKE 'final-bench%'"))
     except sqlite3.OperationalError:
         return {}

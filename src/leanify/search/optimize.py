@@ -167,12 +167,14 @@ def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
                 judge(trial, baseline, settings.targets)
             store.put(key, candidate.name, position, trial["status"], trial, t0)
             results.append(trial)
-        final = store.get("final-bench")
+        # keyed by the candidate set, so a resume with other --candidates measures anew
+        final_key = "final-bench-" + hashlib.sha256(
+            ",".join(_trial_key(identity, c) for c in candidates).encode()).hexdigest()[:12]
+        final = store.get(final_key)
         if final is None:
             tick(total, total, "measuring the finalists side by side")
             final = _final_bench(source, results, settings, threads)
-            store.put("final-bench", "final-bench", len(candidates) + 1, "done", final,
-                      time.time())
+            store.put(final_key, "final-bench", len(candidates) + 1, "done", final, time.time())
         _apply_final(results, final, baseline, settings.targets)
         tick(total, total, "writing the report")
         record = _finish(out, source, baseline, results, settings, identity, started,
@@ -206,6 +208,9 @@ def _run_trial(candidate: Candidate, source: Artifact, baseline: dict[str, Any],
             rounds=settings.rounds, warmup_s=0.3, min_iters=5, min_time_s=0.5))
     except LeanifyError as exc:
         trial["reason"] = f"failed: {exc.render()}"
+        return trial
+    except Exception as exc:  # a bug in one pass must not sink the other candidates
+        trial["reason"] = f"failed with an internal error: {type(exc).__name__}: {exc}"
         return trial
     trial.update(_latency_fields(record))
     trial["status"] = "done"

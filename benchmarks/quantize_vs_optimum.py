@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-STSB_TEST = Path("/work/shared/data/stsb/sts-test.csv")
+STSB_TEST = Path(__file__).resolve().parents[1] / "examples" / "data" / "stsb" / "sts-test.csv"
 ANCHOR_SCRIPT = r"""
 import sys
 from pathlib import Path

@@ -251,7 +251,8 @@ class Pt2Runner(_TorchRunner):
         # Inputs exported as keywords must be passed as keywords, the rest by position.
         names = self.artifact.input_names
         try:
-            kwargs_spec = program.call_spec.in_spec.children_specs[1]
+            spec = program.call_spec.in_spec
+            kwargs_spec = spec.child(1) if hasattr(spec, "child") else spec.children_specs[1]
             n_kw = kwargs_spec.num_children
         except (AttributeError, IndexError):
             n_kw = 0

@@ -38,6 +38,12 @@ class MissingDependencyError(LeanifyError):
         )
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (libraries append pages of context)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def require(module: str, extra: str, purpose: str):
     """Import an optional dependency, or raise a clear error naming the extra to install."""
     import importlib

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from leanify.errors import LeanifyError
+from leanify.errors import LeanifyError, first_line
 from leanify.measure import memory, stats
 from leanify.measure.machine import cpu_busy_fraction, machine_info, usable_cores
 from leanify.models.artifact import Artifact
@@ -272,7 +272,7 @@ def _export_module(artifact: Artifact, target: Path) -> Path:
         program = torch.export.export(module.eval(), (), kwargs=example, dynamic_shapes=dims)
         torch.export.save(program, str(target))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise LeanifyError(
             f"the in-memory module {artifact.name} could not be exported with torch.export to "
             f"be measured in its own process ({first}).",

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from leanify.errors import LeanifyError, require
+from leanify.errors import LeanifyError, first_line, require
 from leanify.models.artifact import Artifact, TensorSpec
 from leanify.models.safety import (
     check_safetensors,
@@ -309,7 +309,7 @@ def _load_onnx(path: Path, name: str) -> Artifact:
     try:  # by path: external data then resolves against the model's folder
         onnx.checker.check_model(str(path))
     except Exception as exc:  # the checker raises several exception types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise LeanifyError(f"is not a valid ONNX model: {first}", path=path, fix=fix) from exc
 
     vocab_of = _gather_table_sizes(model, initializers)
@@ -399,7 +399,7 @@ def _load_torchscript(path: Path, name: str) -> Artifact:
             warnings.simplefilter("ignore", DeprecationWarning)
             module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # torch raises RuntimeError subclasses with C++ text
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise LeanifyError(
             f"is not a loadable TorchScript archive ({first}).",
             path=path,
@@ -436,7 +436,7 @@ def load_pt2_program(path: Path, trust_pickle: bool = False):
     except LeanifyError:
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise LeanifyError(
             f"is not a loadable torch.export archive ({first}).",
             path=path,

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from leanify.errors import LeanifyError, require
+from leanify.errors import LeanifyError, first_line, require
 from leanify.models.artifact import Artifact
 
 
@@ -109,7 +109,7 @@ class OrtRunner(Runner):
                 str(artifact.path), opts, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0]
+            first = first_line(exc)
             raise LeanifyError(
                 f"ONNX Runtime could not open the model ({first}).",
                 path=artifact.path,
@@ -203,7 +203,7 @@ class HFRunner(_TorchRunner):
                 trust_remote_code=False,
             ).eval()
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise LeanifyError(
                 f"transformers could not build the model ({first}).",
                 path=artifact.path,

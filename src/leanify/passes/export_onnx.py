@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from leanify.errors import LeanifyError, require
+from leanify.errors import LeanifyError, first_line, require
 from leanify.models.artifact import Artifact
 from leanify.models.load import SIDECAR, load
 from leanify.passes.registry import PassConfig, PassContext, register
@@ -125,7 +125,7 @@ def ort_session(path: Path, threads: int | None, level: str = "all",
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise LeanifyError(f"ONNX Runtime could not open the model ({first}).", path=path,
                            fix="Re-export the model, or check its opset and operators.") from exc
 
@@ -283,7 +283,7 @@ def _hf_source(artifact: Artifact, attn_implementation: str | None, pass_name: s
     try:
         model = cls.from_pretrained(str(artifact.path), **kwargs).eval()
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise LeanifyError(f"transformers could not build the model ({first}).",
                            path=artifact.path,
                            fix="Check config.json against the weights.") from exc
@@ -438,7 +438,7 @@ def _export(source: TorchSource, artifact: Artifact, config: ExportOnnxConfig,
     except LeanifyError:
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise LeanifyError(
             f"torch.onnx.export ({config.exporter}) failed: {first}",
             path=artifact.path,

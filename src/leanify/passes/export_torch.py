@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from leanify.errors import LeanifyError, require
+from leanify.errors import LeanifyError, first_line, require
 from leanify.models.artifact import Artifact
 from leanify.passes.export_onnx import (
     CHECK_SHAPE,
@@ -152,7 +152,7 @@ def trace_and_save(module: Any, source: TorchSource, path: Path) -> Any:
         traced.save(str(path))
         return torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise LeanifyError(f"torch.jit.trace failed: {first}",
                            fix="Try 'export-pt2' (torch.export) or 'export-onnx'.") from exc
     finally:
@@ -181,7 +181,7 @@ def export_program(module: Any, source: TorchSource, artifact: Artifact, path: P
                                               dynamic_shapes=dims)
         torch.export.save(program, str(path))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise LeanifyError(f"torch.export failed: {first}",
                            fix="Try 'export-onnx' or 'export-torchscript'.") from exc
     return load_pt2_program(path)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from leanify.errors import LeanifyError, require
+from leanify.errors import LeanifyError, first_line, require
 from leanify.models.artifact import Artifact
 from leanify.passes.export_onnx import (
     MODEL_FILE,
@@ -143,7 +143,7 @@ def _transformer(artifact: Artifact, config: OrtOptimizeConfig, path: Path,
             only_onnxruntime=False,
         )
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise LeanifyError(f"ONNX Runtime's transformer optimizer failed ({first}).",
                            path=artifact.path,
                            fix="Try ort-optimize with level='extended' instead.") from exc

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from leanify.errors import LeanifyError, require
+from leanify.errors import LeanifyError, first_line, require
 from leanify.models.artifact import Artifact
 from leanify.passes.export_onnx import (
     MODEL_FILE,
@@ -116,7 +116,7 @@ def _preprocess(artifact: Artifact, scratch: Path) -> Path:
         quant_pre_process(str(artifact.path), str(target), skip_symbolic_shape=True,
                           save_as_external_data=_is_big(artifact))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise LeanifyError(f"quantization pre-processing failed ({first}).",
                            path=artifact.path, fix="Retry with preprocess=False.") from exc
     return target
@@ -209,7 +209,7 @@ def quantize_dynamic_pass(artifact: Artifact, config: QuantizeDynamicConfig,
         except LeanifyError:
             raise
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise LeanifyError(f"ONNX Runtime's quantize_dynamic failed ({first}).",
                                path=artifact.path) from exc
         if source != artifact.path:
@@ -405,7 +405,7 @@ def quantize_static_pass(artifact: Artifact, config: QuantizeStaticConfig,
         except LeanifyError:
             raise
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise LeanifyError(f"ONNX Runtime's quantize_static failed ({first}).",
                                path=artifact.path) from exc
         if reader.count == 0:

@@ -174,6 +174,39 @@ class _TorchRunner(Runner):
             return _to_numpy(self._call(tensors))
 
 
+def build_hf_model(artifact: Artifact, cls: Any = None, *,
+                   attn_implementation: str | None = None) -> Any:
+    """A transformers model from an `hf` artifact, offline, never running the folder's code.
+
+    `cls` defaults to the class config.json names (a transformers class, else AutoModel).
+    Pickled weights reach here only if the user trusted them at load; transformers then
+    reads them weights-only.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
+    transformers = require("transformers", "torch", "Building Hugging Face models")
+    transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars
+    transformers.utils.logging.set_verbosity_error()
+    if cls is None:
+        arch = artifact.meta.get("architecture")
+        cls = getattr(transformers, arch, None) if arch else None
+        if cls is None or not hasattr(cls, "from_pretrained"):
+            cls = transformers.AutoModel
+    kwargs: dict[str, Any] = {
+        "use_safetensors": artifact.meta.get("weights_format") == "safetensors",
+        "local_files_only": True, "trust_remote_code": False,
+    }
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        return cls.from_pretrained(str(artifact.path), **kwargs).eval()
+    except Exception as exc:
+        raise LeanifyError(
+            f"transformers could not build the model ({first_line(exc)}).",
+            path=artifact.path,
+            fix="Check config.json against the weights, or re-save with save_pretrained.",
+        ) from exc
+
+
 class HFRunner(_TorchRunner):
     """A Hugging Face folder in PyTorch eager, built from transformers' own classes only."""
 
@@ -181,34 +214,12 @@ class HFRunner(_TorchRunner):
 
     def __init__(self, artifact: Artifact, threads: int | None, trust_pickle: bool = False):
         super().__init__(artifact, threads)
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
         self.torch = _torch(threads)
-        transformers = require("transformers", "torch", "Running Hugging Face models")
-        transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars
-        transformers.utils.logging.set_verbosity_error()
-        arch = artifact.meta.get("architecture")
-        cls = getattr(transformers, arch, None) if arch else None
-        if cls is None or not hasattr(cls, "from_pretrained"):
-            cls = transformers.AutoModel
-        safetensors = artifact.meta.get("weights_format") == "safetensors"
-        if not safetensors and not trust_pickle:
+        if artifact.meta.get("weights_format") != "safetensors" and not trust_pickle:
             from leanify.models.safety import refuse_pickle
 
             raise refuse_pickle(artifact.path, "This model's weights file")
-        try:
-            self.model = cls.from_pretrained(
-                str(artifact.path),
-                use_safetensors=safetensors,
-                local_files_only=True,
-                trust_remote_code=False,
-            ).eval()
-        except Exception as exc:
-            first = first_line(exc)
-            raise LeanifyError(
-                f"transformers could not build the model ({first}).",
-                path=artifact.path,
-                fix="Check config.json against the weights, or re-save with save_pretrained.",
-            ) from exc
+        self.model = build_hf_model(artifact)
         import inspect
 
         accepted = set(inspect.signature(self.model.forward).parameters)

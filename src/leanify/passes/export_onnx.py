@@ -248,11 +248,11 @@ def torch_source(artifact: Artifact, attn_implementation: str | None, pass_name:
 def _hf_source(artifact: Artifact, attn_implementation: str | None, pass_name: str,
                output_names: tuple[str, ...]) -> TorchSource:
     import inspect
-    import os
+
+    from leanify.models.runners import build_hf_model
 
     torch = require("torch", "torch", f"Pass '{pass_name}'")
     transformers = require("transformers", "torch", f"Pass '{pass_name}'")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     task = artifact.meta.get("task") or "feature-extraction"
     arch = artifact.meta.get("architecture")
     cls = getattr(transformers, arch, None) if arch else None
@@ -273,20 +273,7 @@ def _hf_source(artifact: Artifact, attn_implementation: str | None, pass_name: s
             path=artifact.path,
             fix="Export it yourself (torch.onnx.export) and give leanify the .onnx file.",
         )
-    safetensors = artifact.meta.get("weights_format") == "safetensors"
-    if not safetensors and not str(artifact.meta.get("weights_format", "")).startswith("pickle"):
-        raise LeanifyError("the model folder holds no safetensors weights.", path=artifact.path)
-    kwargs: dict[str, Any] = {"use_safetensors": safetensors, "local_files_only": True,
-                              "trust_remote_code": False}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    try:
-        model = cls.from_pretrained(str(artifact.path), **kwargs).eval()
-    except Exception as exc:
-        first = first_line(exc)
-        raise LeanifyError(f"transformers could not build the model ({first}).",
-                           path=artifact.path,
-                           fix="Check config.json against the weights.") from exc
+    model = build_hf_model(artifact, cls, attn_implementation=attn_implementation)
     accepted = set(inspect.signature(model.forward).parameters)
     names = [n for n in artifact.input_names if n in accepted]
     cfg = model.config

@@ -85,6 +85,14 @@ def tiny_encoder(tiny_hf):
 
 
 @pytest.fixture(scope="session")
+def minilm_eager(minilm_path):
+    """The real MiniLM in eager attention, wrapped like the tiny encoder (named inputs)."""
+    from transformers import BertModel
+
+    return _wrap(BertModel.from_pretrained(minilm_path, attn_implementation="eager"))
+
+
+@pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory, tiny_encoder) -> Path:
     import torch
 

@@ -122,27 +122,16 @@ def test_error_in_a_child_becomes_a_clear_error(tmp_path, tiny_pt2):
                                         sample=str(sample)))
 
 
-def test_cli_bench_real_minilm_against_its_onnx_export(tmp_path, minilm_path):
+def test_cli_bench_real_minilm_against_its_onnx_export(tmp_path, minilm_eager):
     """The acceptance scenario, shortened: real MiniLM vs its ONNX export, with a ratio."""
     import copy
 
     import torch
-    from transformers import AutoModel
 
-    class Encoder(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids).last_hidden_state
-
-    model = AutoModel.from_pretrained(minilm_path, attn_implementation="eager")
     onnx_path = tmp_path / "minilm.onnx"
     names = ["input_ids", "attention_mask", "token_type_ids"]
     ids = torch.randint(1000, 2000, (1, 16))
-    torch.onnx.export(Encoder(copy.deepcopy(model)).eval(),
+    torch.onnx.export(copy.deepcopy(minilm_eager),
                       (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(onnx_path),
                       dynamo=False, input_names=names, output_names=["last_hidden_state"],
                       dynamic_axes={n: {0: "b", 1: "s"} for n in names}, opset_version=17)

@@ -169,25 +169,6 @@ def test_no_runner_for_an_unknown_format(tiny_onnx):
 
 
 @pytest.fixture(scope="module")
-def minilm_eager(minilm_path):
-    """MiniLM from transformers in eager attention, wrapped like conftest's tiny encoder."""
-    import torch
-    from transformers import BertModel
-
-    class Encoder(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids).last_hidden_state
-
-    model = BertModel.from_pretrained(minilm_path, attn_implementation="eager")
-    return Encoder(model).eval()
-
-
-@pytest.fixture(scope="module")
 def minilm_batch() -> dict[str, np.ndarray]:
     return InputBuilder(load("minilm")).batch(2, 64)
 

@@ -157,6 +157,14 @@ def optimize(
     resume: Annotated[bool, typer.Option("--resume", help="Continue a stopped run in --out; "
                                          "finished trials are not re-run.")] = False,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle")] = False,
+    allow_training: Annotated[bool, typer.Option(
+        "--allow-training", help="Also try students: half the layers, distilled on "
+        "--transfer-data, then quantized (takes up to --training-budget-min).")] = False,
+    transfer_data: Annotated[str | None, typer.Option(
+        help="Unlabelled text from your domain for distillation (files, comma-separated); "
+             "never the evaluation data.", show_default=False)] = None,
+    training_budget_min: Annotated[float, typer.Option(
+        help="Time budget of one distillation, minutes.")] = 40.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Find the fastest model that keeps its accuracy: export, optimize, quantize, measure.
@@ -187,6 +195,9 @@ def optimize(
         candidates=[c.strip() for c in candidates.split(",")] if candidates else None,
         text_col=text_col, pair_cols=pairs, label_col=label_col, score_col=score_col,
         trust_pickle=trust_pickle,
+        transfer_data=tuple(Path(f.strip()) for f in (transfer_data or "").split(",")
+                            if f.strip()),
+        training_budget_min=training_budget_min if allow_training else None,
     )
     if quiet:
         record = run_optimize(model, settings)
@@ -227,9 +238,170 @@ def info(
         shape = list(spec.shape) if spec.shape else "?"
         stdout.print(f"  input {spec.name}: {spec.dtype} {shape}{rng}"
                   + (" (optional)" if spec.optional else ""))
-    for key in ("task", "pooling", "normalize", "tokenizer", "architecture"):
-        if key in artifact.meta:
+    for key in ("task", "pooling", "normalize", "tokenizer", "architecture", "runtime"):
+        if artifact.meta.get(key) not in (None, {}):
             stdout.print(f"  {key}: {artifact.meta[key]}")
+
+
+@app.command()
+def doctor(
+    model: Annotated[str, typer.Argument(help="A model path or alias.", show_default=False)],
+    data: Annotated[Path | None, typer.Option(
+        help="Your data (CSV/TSV/JSONL/Parquet or STS-B): token lengths, activations, and the "
+             "--data of the recommended command.", show_default=False)] = None,
+    task: Annotated[str | None, typer.Option(
+        help="embedding-similarity | text-classification | fidelity (default: from the model "
+             "and the data).", show_default=False)] = None,
+    latency_budget_ms: Annotated[float | None, typer.Option(
+        help="Latency budget at the typical input (default 2000).", show_default=False)] = None,
+    memory_budget_mb: Annotated[float | None, typer.Option(
+        help="Peak memory budget (default 80% of RAM).", show_default=False)] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the record here.",
+                                                   show_default=False)] = None,
+    html: Annotated[Path | None, typer.Option(help="Write the HTML report here.",
+                                              show_default=False)] = None,
+    trace: Annotated[Path | None, typer.Option(
+        help="Write a Chrome-trace JSON of the profiled runs (opens in Perfetto).",
+        show_default=False)] = None,
+    quick: Annotated[bool, typer.Option("--quick/--full",
+                                        help="Few points and short repeats, or more of both.")]
+    = True,
+    threads: Annotated[int | None, typer.Option(
+        help="Threads (default: all usable cores).", show_default=False)] = None,
+    tokenizer: Annotated[Path | None, typer.Option(help="Folder with tokenizer.json.",
+                                                   show_default=False)] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no report.")]
+    = False,
+) -> None:
+    """What is wrong with a model, measured: where time goes, dead weight, quantization
+    sensitivity, context length; a verdict and the optimize command to run."""
+    from leanify.diagnose.doctor import DoctorSettings, check_output, write_reports
+    from leanify.diagnose.doctor import doctor as run_doctor
+
+    for path, option in ((json_path, "--json"), (html, "--html")):
+        if path is not None:
+            check_output(path, option=option)
+    settings = DoctorSettings(
+        data=data, task=task, latency_budget_ms=latency_budget_ms,
+        memory_budget_mb=memory_budget_mb, trace=trace, quick=quick, threads=threads,
+        tokenizer=str(tokenizer) if tokenizer else None, trust_pickle=trust_pickle,
+        outputs=tuple(p for p in (json_path, html) if p is not None))
+    if quiet:
+        record = run_doctor(model, settings)
+    else:
+        with _progress() as tick:
+            record = run_doctor(model, settings, progress=tick)
+    write_reports(record, json_path, html)
+    if not quiet:
+        from leanify.report.doctor import render_doctor
+
+        render_doctor(record, stdout)
+        for path in (json_path, html, trace):
+            if path is not None:
+                stdout.print(f"[dim]written: {path}[/]")
+
+
+PRUNE_HELP = "Encoder layers to keep (0: all)."
+
+
+@app.command()
+def prune(
+    model: Annotated[str, typer.Argument(help="A Hugging Face model folder or alias.",
+                                         show_default=False)],
+    out: Annotated[Path, typer.Option(help="Output folder (OUT/model, OUT/leanify.json).")],
+    layers: Annotated[int, typer.Option(help=PRUNE_HELP)] = 0,
+    ffn_keep: Annotated[float, typer.Option(
+        help="Fraction of FFN neurons kept in every layer.")] = 1.0,
+    importance: Annotated[str, typer.Option(
+        help="activation | magnitude | taylor (classifiers).")] = "activation",
+    round_to: Annotated[int, typer.Option(help="Widths rounded to a multiple of this.")] = 16,
+    calibration_data: Annotated[Path | None, typer.Option(
+        help="Text the importance is measured on (any data format leanify reads).",
+        show_default=False)] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Structured pruning: drop encoder layers and FFN neurons; the result is still a normal
+    Hugging Face model (config.json updated, safetensors) that from_pretrained loads."""
+    from leanify.apply import apply_passes
+    from leanify.passes.prune_transformer import PruneTransformerConfig
+
+    config = PruneTransformerConfig(layers=layers, ffn_keep=ffn_keep, importance=importance,
+                                    round_to=round_to)
+    record = apply_passes(model, [config], out, calibration_data=calibration_data,
+                          trust_pickle=trust_pickle, log=_log(quiet), tool="leanify prune")
+    _print_shrink(record, out)
+
+
+@app.command()
+def distill(
+    model: Annotated[str, typer.Argument(
+        help="The teacher (with --layers/--ffn-keep: pruned into the student first), or a "
+             "student leanify pruned (its teacher is recorded).", show_default=False)],
+    data: Annotated[str, typer.Option(
+        help="Transfer text: file(s) of sentences from your domain (not the evaluation data), "
+             "separated by commas; labels are used when a classifier's file has them.")],
+    out: Annotated[Path, typer.Option(help="Output folder (OUT/model, OUT/leanify.json).")],
+    teacher: Annotated[str | None, typer.Option(
+        help="The teacher, when MODEL is a student leanify did not prune.",
+        show_default=False)] = None,
+    layers: Annotated[int, typer.Option(help=PRUNE_HELP)] = 0,
+    ffn_keep: Annotated[float, typer.Option(help="Fraction of FFN neurons kept.")] = 1.0,
+    epochs: Annotated[float, typer.Option()] = 2.0,
+    batch_size: Annotated[int, typer.Option()] = 64,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 1e-4,
+    hidden_weight: Annotated[float, typer.Option(
+        help="Weight of the hidden-state loss (student layer -> the teacher layer it was kept "
+             "from).")] = 0.0,
+    budget_min: Annotated[float, typer.Option(
+        help="Time budget in minutes; the best state so far is kept.")] = 40.0,
+    calibration_data: Annotated[Path | None, typer.Option(
+        help="Text pruning importance is measured on (default: the first transfer file).",
+        show_default=False)] = None,
+    threads: Annotated[int | None, typer.Option(show_default=False)] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue a stopped run in --out from its last checkpoint.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Knowledge distillation into a smaller student (pruned from MODEL with --layers /
+    --ffn-keep), on CPU, with checkpoints, early stopping on a held-out dev split and --resume."""
+    import os as _os
+
+    from leanify.apply import apply_passes
+    from leanify.passes.distill import DistillConfig
+    from leanify.passes.prune_transformer import PruneTransformerConfig
+
+    files = [f.strip() for f in data.split(",") if f.strip()]
+    configs: list = []
+    if layers or ffn_keep < 1:
+        configs.append(PruneTransformerConfig(layers=layers, ffn_keep=ffn_keep))
+    configs.append(DistillConfig(
+        data=_os.pathsep.join(str(Path(f).resolve()) for f in files),
+        teacher=str(Path(teacher).resolve()) if teacher and Path(teacher).exists() else
+        (teacher or ""), epochs=epochs, batch_size=batch_size, lr=lr,
+        hidden_weight=hidden_weight, time_budget_min=budget_min))
+    record = apply_passes(model, configs, out,
+                          calibration_data=calibration_data or (files[0] if files else None),
+                          threads=threads, resume=resume, log=_log(quiet),
+                          tool="leanify distill")
+    _print_shrink(record, out)
+
+
+def _log(quiet: bool) -> Callable[[str], None]:
+    return (lambda _msg: None) if quiet else (lambda msg: err.print(escape(msg)))
+
+
+def _print_shrink(record: dict, out: Path) -> None:
+    before, after = record["input"].get("params"), record["output"].get("params")
+    ratio = f" ({after / before:.0%} of the input)" if before and after else ""
+    count = f"{after:,}" if after else "?"
+    stdout.print(f"[bold green]saved[/] {out / 'model'}: {count} parameters{ratio}")
+    result = record.get("distill") or {}
+    if result:
+        stdout.print(f"  distillation {result['stopped']} after {result['steps']} steps "
+                     f"({result['wall_s'] / 60:.1f} min); best dev {result['dev_metric']} "
+                     f"{result['best_dev']:.4f}")
 
 
 @contextlib.contextmanager

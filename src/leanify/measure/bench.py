@@ -296,6 +296,8 @@ def _record(
             "path": str(art.path) if art.path else None,
             "measured_as": "pt2 (torch.export)" if art.format == "torch-module" else art.format,
             "runtime": entry.info.get("runtime"),
+            # what the runtime reports it ran with (OpenVINO: the inference precision used)
+            "runtime_settings": entry.info.get("runtime_settings") or {},
             "params": art.meta.get("params"),
             "size_mb": round(size / 2**20, 3) if size is not None else None,
             "load_s": round(entry.info.get("load_s", 0.0), 3),

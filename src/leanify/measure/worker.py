@@ -64,6 +64,7 @@ class Worker:
             "import_s": import_s,
             "load_s": load_s,
             "runtime": self.runner.runtime,
+            "runtime_settings": self.runner.details,
             "rss_runtime_mb": rss_runtime,
             "rss_loaded_mb": memory.current_rss_mb(),
             "input_source": self.builder.source,
@@ -119,14 +120,20 @@ def _guess_format(source: str) -> str:
     path = Path(source)
     if source.lower().endswith(".onnx"):
         return "onnx"
+    if source.lower().endswith(".xml"):
+        return "openvino"
     if path.is_dir() and not (path / "config.json").exists() and any(path.glob("*.onnx")):
         return "onnx"
+    if path.is_dir() and not any(path.glob("*.safetensors")) and any(path.glob("*.xml")):
+        return "openvino"
     return "hf" if path.is_dir() or "/" not in source else "torch"
 
 
 def _import_runtime(fmt: str) -> None:
     if fmt == "onnx":
         import onnxruntime  # noqa: F401
+    elif fmt == "openvino":
+        import openvino  # noqa: F401
     else:
         import torch  # noqa: F401
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Format = Literal["hf", "onnx", "torchscript", "pt2", "torch-module"]
-FORMATS: tuple[str, ...] = ("hf", "onnx", "torchscript", "pt2", "torch-module")
+Format = Literal["hf", "onnx", "torchscript", "pt2", "torch-module", "openvino"]
+FORMATS: tuple[str, ...] = ("hf", "onnx", "torchscript", "pt2", "torch-module", "openvino")
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,9 @@ class TensorSpec:
 class Artifact:
     """A model at rest. Immutable: passes write new artifacts, never change this one.
 
-    `path` is the file (onnx, torchscript, pt2) or folder (hf) that holds the model;
+    `path` is the file (onnx, torchscript, pt2, the IR's .xml for openvino) or folder (hf)
+    that holds the model; weights in other files (ONNX external data, the IR's .bin) are
+    listed in meta["external_data"];
     `None` only for an in-memory torch module (its object rides in `module`).
     """
 

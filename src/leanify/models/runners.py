@@ -30,6 +30,11 @@ class Runner:
     def input_names(self) -> list[str]:
         return self.artifact.input_names
 
+    @property
+    def details(self) -> dict[str, Any]:
+        """Runtime settings in effect, read back from the runtime where it can tell."""
+        return {}
+
     def run(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.check(batch)
         return self._run(batch)
@@ -78,6 +83,8 @@ def open_runner(
     """Open the artifact in its runtime. `threads` caps intra-op threads (None: runtime default)."""
     if artifact.format == "onnx":
         return OrtRunner(artifact, threads)
+    if artifact.format == "openvino":
+        return OpenVINORunner(artifact, threads)
     if artifact.format == "hf":
         return HFRunner(artifact, threads, trust_pickle)
     if artifact.format == "torchscript":
@@ -97,13 +104,29 @@ class OrtRunner(Runner):
 
     def __init__(self, artifact: Artifact, threads: int | None):
         super().__init__(artifact, threads)
+        from leanify.models.openvino_ir import runtime_settings
+
         ort = require("onnxruntime", "onnx", "Running ONNX models")
+        # Settings from the artifact (a runtime-settings candidate) win over the thread budget.
+        self.settings = runtime_settings(artifact)
         opts = ort.SessionOptions()
+        threads = self.settings.get("intra_op_num_threads", threads)
         if threads:
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
+        if "allow_spinning" in self.settings:
+            opts.add_session_config_entry("session.intra_op.allow_spinning",
+                                          "1" if self.settings["allow_spinning"] else "0")
+        if "graph_optimization_level" in self.settings:
+            opts.graph_optimization_level = {
+                "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            }[self.settings["graph_optimization_level"]]
+        self.intra_threads = threads or 0
         try:
             self.session = ort.InferenceSession(
                 str(artifact.path), opts, providers=["CPUExecutionProvider"]
@@ -118,12 +141,89 @@ class OrtRunner(Runner):
             ) from exc
         self.output_names = [o.name for o in self.session.get_outputs()]
 
+    @property
+    def details(self) -> dict[str, Any]:
+        return {"intra_op_num_threads": self.intra_threads,
+                "allow_spinning": self.settings.get("allow_spinning", True),
+                "graph_optimization_level": self.settings.get("graph_optimization_level",
+                                                              "all")}
+
     def _run(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self.session.run(self.output_names, dict(batch))
         return dict(zip(self.output_names, outputs, strict=True))
 
     def close(self) -> None:
         self.session = None
+
+
+# --- OpenVINO --------------------------------------------------------------------------
+
+
+class OpenVINORunner(Runner):
+    """An OpenVINO IR on the CPU plugin, compiled with the artifact's runtime settings.
+
+    With several streams (THROUGHPUT) a batch is split into one part per stream, the parts
+    run in parallel and are joined (a single request would keep one stream busy only).
+    """
+
+    runtime = "openvino"
+
+    def __init__(self, artifact: Artifact, threads: int | None):
+        super().__init__(artifact, threads)
+        from leanify.models.openvino_ir import (
+            _ov_reason,
+            ov_properties,
+            precision_name,
+            runtime_settings,
+        )
+
+        ov = require("openvino", "openvino", "Running OpenVINO models")
+        self.settings = runtime_settings(artifact)
+        props = ov_properties(self.settings, threads)
+        try:
+            core = ov.Core()
+            model = core.read_model(str(artifact.path))
+            self.compiled = core.compile_model(model, "CPU", props)
+        except Exception as exc:
+            raise LeanifyError(
+                f"OpenVINO could not compile the model ({_ov_reason(exc)}).",
+                path=artifact.path,
+                fix="Check that this openvino version supports the IR, or re-export it.",
+            ) from exc
+        self.precision = precision_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.hint = str(self.compiled.get_property("PERFORMANCE_HINT")).rsplit(".", 1)[-1]
+        self.streams = int(self.compiled.get_property("NUM_STREAMS"))
+        self.num_threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
+        self.outputs = list(self.compiled.outputs)
+        self.output_names = [o.get_any_name() for o in self.outputs]
+        self.request = self.compiled.create_infer_request()
+        # One request per stream; no Python callbacks (they need the GIL on OpenVINO's threads).
+        self.parallel = [self.compiled.create_infer_request() for _ in range(self.streams)] \
+            if self.streams > 1 else []
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return {"inference_precision": self.precision, "performance_hint": self.hint,
+                "num_streams": self.streams, "inference_num_threads": self.num_threads}
+
+    def _run(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = min((len(v) for v in batch.values()), default=0)
+        if not self.parallel or rows < 2:
+            result = self.request.infer(dict(batch))
+            return {n: result[o] for n, o in zip(self.output_names, self.outputs, strict=True)}
+        parts = np.array_split(np.arange(rows), min(len(self.parallel), rows))
+        requests = self.parallel[:len(parts)]
+        for request, part in zip(requests, parts, strict=True):
+            request.start_async({k: v[part[0]:part[-1] + 1] for k, v in batch.items()})
+        for request in requests:
+            request.wait()
+        return {n: np.concatenate([r.get_output_tensor(i).data.copy() for r in requests])
+                for i, n in enumerate(self.output_names)}
+
+    def close(self) -> None:
+        self.parallel = []
+        self.request = None
+        self.compiled = None
 
 
 # --- PyTorch ---------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from leanify.passes.registry import PassConfig, PassContext, register
 # Task metadata carried from a source artifact to every artifact a pass derives from it (and
 # facts later passes use: attention shape for the optimizer, fusions done for the report).
 CARRY_KEYS = ("task", "pooling", "normalize", "labels", "max_length",
-              "model_type", "num_heads", "hidden_size", "fusions", "quantization")
+              "model_type", "num_heads", "hidden_size", "fusions", "quantization", "runtime")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
                    "special_tokens_map.json")
 HIDDEN_STATE_TASKS = ("feature-extraction", "sentence-embedding")

@@ -70,10 +70,16 @@ class PassContext:
     calibration: Batches | None = None  # the user's calibration split, never the eval split
     log: Callable[[str], None] = field(default=lambda _msg: None)
 
+    def finished(self, config: PassConfig, source: Artifact) -> Path | None:
+        """The output folder of this exact pass on this exact input, if an earlier run made
+        it (outputs appear only complete): costly passes (training) reuse it."""
+        final = self.work_dir / "artifacts" / f"{config.name}-{artifact_key(source, config)}"
+        return final if final.is_dir() else None
+
     @contextmanager
     def output_dir(self, config: PassConfig, source: Artifact) -> Iterator[Path]:
         """A fresh folder for the pass's output, renamed into place only on success."""
-        final = self.work_dir / "artifacts" / f"{config.name}-{_source_key(source, config)}"
+        final = self.work_dir / "artifacts" / f"{config.name}-{artifact_key(source, config)}"
         tmp = final.with_name(final.name + ".partial")
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -88,7 +94,8 @@ class PassContext:
         tmp.rename(final)
 
 
-def _source_key(source: Artifact, config: PassConfig) -> str:
+def artifact_key(source: Artifact, config: PassConfig) -> str:
+    """Names what `config` makes of `source`: stable across runs, so work can be resumed."""
     parent = source.meta.get("artifact_key") or source.sha256() or source.name
     return hashlib.sha256(f"{parent}:{config.key()}".encode()).hexdigest()[:12]
 
@@ -142,7 +149,7 @@ def apply(artifact: Artifact, config: PassConfig, ctx: PassContext) -> Artifact:
         raise LeanifyError(f"there is no pass named '{config.name}'.")
     out = entry[1](artifact, config, ctx)
     lineage = [*artifact.meta.get("passes", []), config.label()]
-    key = _source_key(artifact, config)
+    key = artifact_key(artifact, config)
     return dataclasses.replace(out, meta={**out.meta, "passes": lineage, "artifact_key": key,
                                           "parent": artifact.name})
 

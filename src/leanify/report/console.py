@@ -83,8 +83,12 @@ def render_bench(record: dict[str, Any], console: Console) -> None:
         source = m.get("input_source") or "–"
         if m.get("tokenizer_from"):
             source += f" (of {m['tokenizer_from']})"
+        runtime = m.get("runtime") or "–"
+        precision = (m.get("runtime_settings") or {}).get("inference_precision")
+        if precision:  # OpenVINO: the precision that actually ran
+            runtime += f" ({precision})"
         models.add_row(
-            m["name"], m["measured_as"], m.get("runtime") or "–", _fmt_count(m.get("params")),
+            m["name"], m["measured_as"], runtime, _fmt_count(m.get("params")),
             f"{m['size_mb']:.1f}" if m.get("size_mb") is not None else "–",
             f"{m['load_s']:.2f}", source,
         )
@@ -137,5 +141,9 @@ def render_optimize(record: dict[str, Any], console: Console, out_dir: Any) -> N
     colour = "green" if record.get("targets_met") else "yellow" if record.get("selected") else "red"
     console.print(f"[{colour}]{record['verdict']}[/]", highlight=False)
     if record.get("selected"):
-        console.print(f"model: {out_dir}/{record['selected']['artifact']}")
+        chosen = record["selected"]
+        console.print(f"model: {out_dir}/{chosen['artifact']}")
+        ran = ", ".join(f"{k} {v}" for k, v in (chosen.get("runtime_settings") or {}).items())
+        console.print(f"runtime: {chosen.get('runtime')}" + (f" ({ran})" if ran else ""),
+                      highlight=False)
     console.print(f"report: {out_dir}/report.html · record: {out_dir}/leanify.json")

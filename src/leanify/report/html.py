@@ -108,8 +108,18 @@ def _before_after(base: dict[str, Any], sel: dict[str, Any] | None) -> str:
                     change = f"{after / before:.2f}×" if before else "–"
             row += f"<td>{_f(after)}</td><td>{change}</td>"
         rows.append(row + "</tr>")
+    if sel:
+        rows.append(f"<tr><td>runtime</td><td>{escape(str(base.get('format', '')))}</td>"
+                    f"<td>{escape(_ran_with(sel))}</td><td></td></tr>")
     rows.append("</table>")
     return "\n".join(rows)
+
+
+def _ran_with(trial: dict[str, Any]) -> str:
+    """e.g. 'openvino · bf16': the runtime and, where it reports one, the precision that ran."""
+    precision = (trial.get("runtime_settings") or {}).get("inference_precision")
+    runtime = str(trial.get("runtime") or "–")
+    return f"{runtime} · {precision}" if precision else runtime
 
 
 def _chart(base: dict[str, Any], cands: list[dict[str, Any]], front: list[str],
@@ -197,7 +207,8 @@ def _candidates_table(cands: list[dict[str, Any]], selected: dict[str, Any] | No
         reason = escape(c.get("reason", "")) + (f"<br>targets: {escape(misses)}" if misses else "")
         rows.append(
             f"<tr{cls}><td>{escape(c['name'])}</td><td class='l'><code>"
-            f"{escape(' → '.join(c['passes']))}</code></td><td>{_f(metric)}</td>"
+            f"{escape(' → '.join(c['passes']))}</code><br><span class='small'>"
+            f"{escape(_ran_with(c))}</span></td><td>{_f(metric)}</td>"
             f"<td>{_f(c.get('metric_drop'))}</td>{lat}<td>{_f(c.get('size_mb'), 1)}</td>"
             f"<td>{_f(c.get('peak_rss_mb'), 0)}</td><td class='l'>{ok}<br>"
             f"<span class='small'>{reason}</span></td></tr>")
@@ -205,9 +216,26 @@ def _candidates_table(cands: list[dict[str, Any]], selected: dict[str, Any] | No
     return "\n".join(rows)
 
 
+def _runtime_line(selected: dict[str, Any]) -> str:
+    """Runtime, the precision that ran and the settings, as the runtime reported them."""
+    ran = dict(selected.get("runtime_settings") or {})
+    text = f"Runtime: <b>{escape(str(selected.get('runtime')))}</b>"
+    precision = ran.pop("inference_precision", None)
+    if precision:
+        text += f" · precision that ran: <b>{escape(str(precision))}</b>"
+    if ran:
+        text += " · settings: " + ", ".join(f"<code>{escape(str(k))}={escape(str(v))}</code>"
+                                            for k, v in ran.items())
+    return text + "."
+
+
 def _snippet(record: dict[str, Any]) -> str:
     selected = record["selected"]
     path = escape(selected["artifact"])
+    if selected.get("snippet"):
+        return (f"<p>{_runtime_line(selected)} Paths are relative to the run folder; the "
+                "snippet needs only the runtime and <code>tokenizers</code>, not leanify.</p>"
+                f"<pre>{escape(selected['snippet'])}</pre>")
     if selected["format"] == "onnx":
         folder = escape(_folder(selected["artifact"]))
         code = (

@@ -27,7 +27,7 @@ from leanify.measure.machine import machine_info, usable_cores
 from leanify.models.artifact import Artifact
 from leanify.models.load import load
 from leanify.passes.registry import PassContext, run_pipeline
-from leanify.search.plan import Candidate, plan
+from leanify.search.plan import Candidate, Training, plan
 from leanify.search.select import OBJECTIVES, Targets, choose, judge, pareto_front, score
 from leanify.search.store import TrialStore
 
@@ -57,6 +57,9 @@ class OptimizeSettings:
     label_col: str | None = None
     score_col: str | None = None
     trust_pickle: bool = False
+    # --allow-training: prune + distill students on this unlabelled text (never the eval data)
+    transfer_data: tuple[Path, ...] = ()
+    training_budget_min: float | None = None  # None: no training
 
     def check(self) -> None:
         if self.task not in TASKS:
@@ -67,6 +70,21 @@ class OptimizeSettings:
                                fix=f"Choose one of: {', '.join(OBJECTIVES)}.")
         if self.targets.max_drop < 0:
             raise LeanifyError("--max-drop must be zero or more.", fix="Use e.g. --max-drop 0.5.")
+        if self.training_budget_min is not None:
+            if not self.transfer_data:
+                raise LeanifyError(
+                    "--allow-training needs text to distill on.",
+                    fix="Pass --transfer-data FILE: sentences from your domain (labels not "
+                        "needed), not the evaluation data.")
+            for path in self.transfer_data:
+                if Path(path).resolve() == Path(self.data).resolve():
+                    raise LeanifyError(
+                        "the transfer data is the evaluation data: a student trained on it "
+                        "would be judged on what it saw.", path=path,
+                        fix="Give a different file (e.g. the training split).")
+                if not Path(path).is_file():
+                    raise LeanifyError("no such file.", path=path,
+                                       fix="Check the --transfer-data path.")
 
 
 def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
@@ -99,8 +117,13 @@ def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
     else:
         calibration, evaluation = split(dataset, calibration_size=settings.calibration_size)
     isa_flags = frozenset(machine_info()["cpu"]["isa_flags"])
+    training = None
+    if settings.training_budget_min is not None:
+        training = Training(data=tuple(Path(p).resolve() for p in settings.transfer_data),
+                            budget_min=settings.training_budget_min)
     candidates = plan(source, only=settings.candidates, calibration=len(calibration) > 0,
-                      isa_flags=isa_flags)
+                      isa_flags=isa_flags, training=training,
+                      max_drop=settings.targets.max_drop)
 
     identity = {
         "model": str(source.path), "model_sha256": source.sha256(),
@@ -111,6 +134,9 @@ def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
         "calibration_data": (str(Path(settings.calibration_data).resolve())
                              if settings.calibration_data else None),
         "calibration_rows": len(calibration), "evaluation_rows": len(evaluation),
+        "training": ({"data": [str(p) for p in training.data],
+                      "data_sha256": [_file_sha(p) for p in training.data],
+                      "budget_min": training.budget_min} if training else None),
     }
     store = TrialStore(out / "trials.db")
     try:
@@ -198,7 +224,8 @@ def _run_trial(candidate: Candidate, source: Artifact, baseline: dict[str, Any],
         trial.update(artifact=str(artifact.path), format=artifact.format,
                      size_mb=_size_mb(artifact), params=artifact.meta.get("params"),
                      pass_meta={k: v for k, v in artifact.meta.items()
-                                if k in ("fusions", "quantization", "precision", "exporter")})
+                                if k in ("fusions", "quantization", "precision", "exporter",
+                                         "runtime", "runtime_check")})
         say("evaluating", 1)
         trial["metric"] = _evaluate(artifact, evaluation, settings, threads,
                                     reference=baseline.get("reference"))
@@ -284,6 +311,8 @@ def _latency_fields(record: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mb": max(p["peak_rss_mb"] for p in points),
         "baseline_peak_rss_mb": max(p["baseline_peak_rss_mb"] for p in points),
         "runtime": record["models"][1]["runtime"],
+        # as the runtime reported it (OpenVINO: the inference precision that actually ran)
+        "runtime_settings": record["models"][1].get("runtime_settings") or {},
     }
 
 
@@ -411,7 +440,13 @@ def _finish(out: Path, source: Artifact, baseline: dict[str, Any], results: list
         baseline_entry["peak_rss_mb"] = done[0]["baseline_peak_rss_mb"]
     selected_out = None
     if selected is not None:
-        selected_out = _install_selected(out, selected)
+        selected_out = install_model(out, selected["artifact"], selected["name"],
+                                     selected.get("runtime"))
+        from leanify.report.snippet import usage_snippet
+
+        selected_out["runtime_settings"] = selected.get("runtime_settings") or {}
+        selected_out["snippet"] = usage_snippet(out, selected_out, settings.task,
+                                                identity["threads"], settings.max_length)
     misses = selected.get("target_misses", []) if selected else []
     machine = machine_info()
     record = {
@@ -446,9 +481,10 @@ def _finish(out: Path, source: Artifact, baseline: dict[str, Any], results: list
     return record
 
 
-def _install_selected(out: Path, selected: dict[str, Any]) -> dict[str, Any]:
-    """Copy the selected artifact's folder to OUT/model atomically; hash its files."""
-    src = Path(selected["artifact"])
+def install_model(out: Path, artifact_path: str | os.PathLike, name: str,
+                  runtime: Any = None) -> dict[str, Any]:
+    """Copy an artifact's folder to OUT/model atomically; hash its files."""
+    src = Path(artifact_path)
     folder = src if src.is_dir() else src.parent
     target = out / "model"
     tmp = out / ".model.partial"
@@ -460,10 +496,10 @@ def _install_selected(out: Path, selected: dict[str, Any]) -> dict[str, Any]:
     model_file = target / src.name if not src.is_dir() else target
     artifact = load(model_file)
     return {
-        "name": selected["name"],
+        "name": name,
         "artifact": str(model_file.relative_to(out)),
         "format": artifact.format,
-        "runtime": selected.get("runtime"),
+        "runtime": runtime,
         "sha256": artifact.sha256(),
         "files": {str(p.relative_to(target)): _file_sha(p) for p in artifact.files()},
     }

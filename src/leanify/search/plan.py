@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from leanify.errors import LeanifyError
 from leanify.models.artifact import Artifact
@@ -35,6 +37,57 @@ TORCH_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
     ("torch-bf16", [("bf16", {})]),
     ("torch-int8-dynamic", [("torch-dynamic-int8", {})]),
 ]
+# OpenVINO (when installed), from the plain ONNX export. The inference precision is a runtime
+# setting: OpenVINO runs an fp32 IR in bf16 on CPUs with native bf16 unless told f32, so each
+# precision is its own candidate, evaluated under it. "max_drop" is filled in by the planner.
+OPENVINO_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
+    ("openvino-fp32", [("export-openvino", {}),
+                       ("runtime-settings", {"inference_precision": "f32"})]),
+    ("openvino-bf16", [("export-openvino", {}),
+                       ("runtime-settings", {"inference_precision": "bf16"})]),
+    ("openvino-int8", [("export-openvino", {}), ("nncf-quantize", {})]),
+    ("openvino-int8-f32", [("export-openvino", {}), ("nncf-quantize", {}),
+                           ("runtime-settings", {"inference_precision": "f32"})]),
+    ("openvino-int8-acc", [("export-openvino", {}), ("nncf-quantize", {"max_drop": None})]),
+]
+# Runtime settings of the usual winners, as candidates of their own ("num_streams" is filled in
+# with the usable cores).
+RUNTIME_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
+    ("openvino-int8-throughput", [("export-openvino", {}), ("nncf-quantize", {}),
+                                  ("runtime-settings", {"performance_hint": "THROUGHPUT",
+                                                        "num_streams": None})]),
+    ("onnx-fused-int8-dynamic-nospin", [("ort-optimize", {}), ("quantize-dynamic", {}),
+                                        ("runtime-settings", {"allow_spinning": False})]),
+]
+# Weight-only compression pays off when reading the weights dominates: large models only.
+LARGE_MODEL_PARAMS = 1_000_000_000
+LARGE_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
+    ("openvino-int8-weights", [("export-openvino", {}), ("nncf-compress-weights", {})]),
+    ("openvino-int4-weights", [("export-openvino", {}),
+                               ("nncf-compress-weights", {"mode": "int4_sym"})]),
+]
+
+
+# With --allow-training, a student (half the encoder layers, distilled on the user's transfer
+# text) goes through the best post-training recipes too.
+STUDENT_RECIPES = ("onnx-fused-int8-dynamic", "onnx-int8-dynamic")
+
+
+@dataclass(frozen=True)
+class Training:
+    """What `--allow-training` lets the planner do: prune + distill on this data and budget."""
+
+    data: tuple[Path, ...]
+    budget_min: float = 40.0
+    layers: int = 0  # student depth; 0: half the teacher's
+    ffn_keep: float = 1.0
+    epochs: float = 2.0
+
+    def prefix(self, artifact: Artifact) -> list[tuple[str, dict]]:
+        layers = self.layers or max(1, int(artifact.meta.get("num_hidden_layers") or 0) // 2)
+        return [("prune-transformer", {"layers": layers, "ffn_keep": self.ffn_keep}),
+                ("distill", {"data": os.pathsep.join(str(p) for p in self.data),
+                             "epochs": self.epochs, "time_budget_min": self.budget_min})]
 
 
 def _useful_here(steps: list[tuple[str, dict]], isa_flags: frozenset[str]) -> bool:
@@ -42,22 +95,66 @@ def _useful_here(steps: list[tuple[str, dict]], isa_flags: frozenset[str]) -> bo
     from leanify.passes.precision import native_bf16, native_fp16
 
     names = {step for step, _ in steps}
-    if "fp16" in names and not native_fp16(isa_flags):
+    precisions = {params.get("inference_precision") for step, params in steps
+                  if step == "runtime-settings"}
+    if ("fp16" in names or "f16" in precisions) and not native_fp16(isa_flags):
         return False
-    return not ("bf16" in names and not native_bf16(isa_flags))
+    return not (("bf16" in names or "bf16" in precisions) and not native_bf16(isa_flags))
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _runtime_recipes(artifact: Artifact, max_drop: float) -> list[tuple[str, list]]:
+    """OpenVINO and runtime-setting recipes, with the values known only at plan time."""
+    from leanify.measure.machine import usable_cores
+
+    ov = _installed("openvino") and _installed("nncf")
+    big = (artifact.meta.get("params") or 0) > LARGE_MODEL_PARAMS
+    streams = usable_cores()
+    recipes = []
+    for name, steps in [*OPENVINO_RECIPES, *(LARGE_RECIPES if big else []), *RUNTIME_RECIPES]:
+        if "export-openvino" in (step for step, _ in steps) and not ov:
+            continue
+        filled = []
+        for step, params in steps:
+            params = dict(params)
+            if "max_drop" in params:
+                params["max_drop"] = max_drop
+            if "num_streams" in params:
+                params["num_streams"] = streams
+            filled.append((step, params))
+        if any(p.get("num_streams") == 1 for _, p in filled):
+            continue  # one core: nothing to run in parallel
+        recipes.append((name, filled))
+    return recipes
 
 
 def plan(artifact: Artifact, *, only: list[str] | None = None, calibration: bool = True,
-         isa_flags: frozenset[str] = frozenset()) -> list[Candidate]:
-    """Candidate pipelines for `artifact`, in the order they are tried."""
+         isa_flags: frozenset[str] = frozenset(), training: Training | None = None,
+         max_drop: float = 0.5) -> list[Candidate]:
+    """Candidate pipelines for `artifact`, in the order they are tried.
+
+    `max_drop` bounds the accuracy-controlled quantization (in fidelity points, see
+    passes/nncf_quantize.py); the real metric is gated afterwards like every candidate's.
+    """
     passes = available()
     out: list[Candidate] = []
     if artifact.format in ("hf", "torch-module"):
         prefix = [("export-onnx", {})]
-        onnx_recipes = [(name, prefix + steps) for name, steps in ONNX_RECIPES]
+        onnx_recipes = [(name, prefix + steps) for name, steps in
+                        [*ONNX_RECIPES, *_runtime_recipes(artifact, max_drop)]]
         torch_recipes = TORCH_RECIPES
+        if training is not None and artifact.format == "hf":
+            student = training.prefix(artifact)
+            onnx_recipes += [(f"student-{name}", student + steps) for name, steps in onnx_recipes
+                             if name in STUDENT_RECIPES]
     elif artifact.format == "onnx":
-        onnx_recipes = [(name, steps) for name, steps in ONNX_RECIPES if steps]
+        onnx_recipes = [(name, steps) for name, steps in
+                        [*ONNX_RECIPES, *_runtime_recipes(artifact, max_drop)] if steps]
         torch_recipes = []
     else:
         raise LeanifyError(
@@ -70,7 +167,7 @@ def plan(artifact: Artifact, *, only: list[str] | None = None, calibration: bool
             continue  # a pass this installation lacks (an extra not installed)
         if not _useful_here(steps, isa_flags) and not (only and name in only):
             continue
-        static = any(step == "quantize-static" for step, _ in steps)
+        static = any(step in ("quantize-static", "nncf-quantize") for step, _ in steps)
         if static and not calibration:
             continue
         pipeline = tuple(make_config(step, **params) for step, params in steps)

@@ -1,0 +1,1 @@
+"""`leanify doctor`: what is wrong with a model, measured, before optimizing it."""

@@ -1,0 +1,115 @@
+"""`runtime-settings`: the same model files with other runtime settings, as a new artifact.
+
+A runtime setting changes speed and sometimes numbers (OpenVINO's bf16 inference precision
+rounds every activation), so the search treats it like any other candidate: the settings go
+into the artifact's sidecar, the runner applies them, and accuracy is evaluated under them.
+
+Settings (see leanify.models.openvino_ir): OpenVINO `inference_precision` (f32, bf16, f16),
+`performance_hint` (LATENCY, THROUGHPUT), `num_streams`; ONNX Runtime `intra_op_num_threads`,
+`allow_spinning`, `graph_optimization_level`. Unset fields keep the input's settings.
+
+The new artifact is checked against its input on a real batch; the precision that actually
+ran is recorded beside the settings.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+from leanify.errors import LeanifyError
+from leanify.models.artifact import Artifact
+from leanify.models.openvino_ir import SETTINGS_BY_FORMAT, check_settings
+from leanify.passes.export_onnx import check_batch, mean_cosine, write_output
+from leanify.passes.registry import PassConfig, PassContext, register
+
+
+@dataclass(frozen=True)
+class RuntimeSettingsConfig(PassConfig):
+    name: ClassVar[str] = "runtime-settings"
+
+    inference_precision: str | None = None  # openvino
+    performance_hint: str | None = None  # openvino
+    num_streams: int | None = None  # openvino
+    intra_op_num_threads: int | None = None  # onnxruntime
+    allow_spinning: bool | None = None  # onnxruntime
+    graph_optimization_level: str | None = None  # onnxruntime
+    min_cosine: float = 0.98  # gate: outputs under the new settings vs the input's
+
+    def settings(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name != "min_cosine" and getattr(self, f.name) is not None}
+
+
+def _link_or_copy(src: Path, dst: Path, work_dir: Path) -> None:
+    """Hard links for files leanify made (a settings variant of a multi-GB model then costs no
+    disk; they are never written again); copies of the user's own files, never links."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.resolve().is_relative_to(work_dir.resolve()):
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
+
+
+@register(RuntimeSettingsConfig)
+def runtime_settings_pass(artifact: Artifact, config: RuntimeSettingsConfig,
+                          ctx: PassContext) -> Artifact:
+    if artifact.format not in SETTINGS_BY_FORMAT or artifact.path is None:
+        raise LeanifyError(
+            f"pass '{config.name}' takes onnx or openvino models; {artifact.name} is "
+            f"{artifact.format}.", path=artifact.path,
+            fix="Export the model first ('export-onnx' or 'export-openvino').")
+    new = config.settings()
+    if not new:
+        raise LeanifyError(f"pass '{config.name}' was given no setting to change.",
+                           fix="Set e.g. inference_precision='f32'.")
+    check_settings(artifact.format, new, artifact.path)
+    settings = {**(artifact.meta.get("runtime") or {}), **new}
+    from leanify.models.runners import open_runner
+
+    batch = check_batch(artifact)
+    before = _outputs(artifact, batch, ctx.threads)
+
+    def build(out: Path) -> tuple[str, dict[str, Any]]:
+        root = artifact.path.parent
+        for file in artifact.files():  # the model file and its weights/external data
+            _link_or_copy(file, out / file.relative_to(root), ctx.work_dir)
+        from leanify.models.load import load
+
+        candidate = load(out / artifact.path.name)
+        candidate = replace(candidate, meta={**candidate.meta, "runtime": settings})
+        runner = open_runner(candidate, ctx.threads)
+        try:
+            wanted = set(runner.input_names)
+            got = runner.run({k: v for k, v in batch.items() if k in wanted})
+            details = runner.details
+        finally:
+            runner.close()
+        cosine = mean_cosine(before, got, batch.get("attention_mask"))
+        if not cosine >= config.min_cosine:
+            raise LeanifyError(
+                f"under the settings {settings} the model's outputs drifted from its outputs "
+                f"before (mean cosine similarity {cosine:.4f} < {config.min_cosine}).",
+                path=artifact.path, fix="Keep the previous settings for this model.")
+        return artifact.path.name, {"runtime": settings,
+                                    "runtime_check": {"mean_cosine": round(cosine, 6),
+                                                      "ran_with": details}}
+
+    return write_output(artifact, config, ctx, build)
+
+
+def _outputs(artifact: Artifact, batch: dict[str, Any], threads: int | None) -> dict[str, Any]:
+    from leanify.models.runners import open_runner
+
+    runner = open_runner(artifact, threads)
+    try:
+        wanted = set(runner.input_names)
+        return runner.run({k: v for k, v in batch.items() if k in wanted})
+    finally:
+        runner.close()

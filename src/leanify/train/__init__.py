@@ -1,0 +1,1 @@
+"""Knowledge distillation: train a smaller student to match the original model."""

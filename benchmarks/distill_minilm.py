@@ -126,11 +126,10 @@ def embedding_part(args, out: Path) -> dict:
     ctx = context(work, args.threads, sts_train.all_texts()[:256], teacher.path)
 
     t0 = time.perf_counter()
-    student = run(teacher, [
-        ("prune-transformer", {"layers": args.layers, "ffn_keep": args.ffn_keep}),
-        ("distill", {"data": str(transfer), "epochs": args.epochs,
-                     "time_budget_min": args.budget_min}),
-    ], ctx)
+    pruned = run(teacher, [("prune-transformer", {"layers": args.layers,
+                                                  "ffn_keep": args.ffn_keep})], ctx)
+    student = run(pruned, [("distill", {"data": str(transfer), "epochs": args.epochs,
+                                        "time_budget_min": args.budget_min})], ctx)
     distill_record = student.meta["distill"]
     log(f"student {student.path}: {distill_record['stopped']} after "
         f"{distill_record['steps']} steps, {distill_record['wall_s'] / 60:.1f} min of training "
@@ -154,8 +153,8 @@ def embedding_part(args, out: Path) -> dict:
     table = bench_pair(models, args.threads, args.rounds)
     scores = {m.name: stsb_in_child(m.path, teacher.path, args.threads) for m in models}
     result = {
-        "layers": student.meta["prune"]["kept_layers"],
-        "intermediate_size": student.meta["prune"]["intermediate_size"],
+        "layers": pruned.meta["prune"]["kept_layers"],
+        "intermediate_size": pruned.meta["prune"]["intermediate_size"],
         "encoder_gflops_seq128": {"teacher": flops_teacher / 1e9,
                                   "student": flops_student / 1e9},
         "flops_reduction": 1 - flops_student / flops_teacher,
@@ -284,12 +283,12 @@ def classification_part(args, out: Path) -> dict:
     teacher = leanify.load(teacher_dir, name="sst2-teacher")
     ctx = context(work, args.threads, train_texts[:256], teacher.path)
     t0 = time.perf_counter()
-    student = run(teacher, [
-        ("prune-transformer", {"layers": args.cls_layers, "ffn_keep": args.cls_ffn_keep,
-                               "importance": "taylor"}),
-        ("distill", {"data": str(args.data_dir / "sst2" / "train.tsv"),
-                     "epochs": args.cls_epochs, "time_budget_min": args.budget_min}),
-    ], ctx)
+    pruned = run(teacher, [("prune-transformer", {"layers": args.cls_layers,
+                                                  "ffn_keep": args.cls_ffn_keep,
+                                                  "importance": "taylor"})], ctx)
+    student = run(pruned, [("distill", {"data": str(args.data_dir / "sst2" / "train.tsv"),
+                                        "epochs": args.cls_epochs,
+                                        "time_budget_min": args.budget_min})], ctx)
     log(f"classifier student distilled ({time.perf_counter() - t0:.0f} s this call)")
     teacher_int8 = run(teacher, POST_TRAINING, ctx)
     student_int8 = run(student, POST_TRAINING, ctx)
@@ -322,8 +321,8 @@ def classification_part(args, out: Path) -> dict:
     for name, ok in checks.items():
         print(f"  {'PASS' if ok else 'FAIL'}  {name}")
     return {"accuracy": acc, "latency": table, "speedup": speedup, "checks": checks,
-            "layers": student.meta["prune"]["kept_layers"],
-            "intermediate_size": student.meta["prune"]["intermediate_size"],
+            "layers": pruned.meta["prune"]["kept_layers"],
+            "intermediate_size": pruned.meta["prune"]["intermediate_size"],
             "distill": {k: student.meta["distill"][k]
                         for k in ("steps", "best_dev", "stopped", "wall_s")}}
 

@@ -74,7 +74,7 @@ def decide(record: dict[str, Any], model_ref: str, data_ref: str | None,
             "slower than one: the cores are oversubscribed (other processes, or thread pools "
             "fighting)")
     bound = "system" if system else "model"
-    recs = _recommendations(record, typ, overhead, bound)
+    recs = _recommendations(record, typ, overhead, bound, model_ref)
     claim = _claim(record, b, typ, overhead, model_ref, data_ref, task)
     if claim is not None and claim["command"]:
         gain = next((r for r in recs if r["action"] == "optimize"), None)
@@ -116,7 +116,7 @@ def _rec(action: str, title: str, why: str, gain: dict[str, Any], risk: str, ris
 
 
 def _recommendations(record: dict[str, Any], typ: float | None, overhead: dict[str, Any],
-                     bound: str) -> list[dict[str, Any]]:
+                     bound: str, model_ref: str = "MODEL") -> list[dict[str, Any]]:
     recs = []
     latency = record.get("latency") or {}
     points = latency.get("curve", {}).get("points", [])
@@ -227,14 +227,22 @@ def _recommendations(record: dict[str, Any], typ: float | None, overhead: dict[s
     total = sum(flops.values()) or 0
     act = red.get("activations") or {}
     near_id = act.get("near_identity_blocks") or []
-    if near_id and total and len(near_id) < len(act.get("blocks", [])):
+    n_blocks = len(act.get("blocks", []))
+    hf = record["inventory"]["format"] == "hf"
+
+    def student(layers: int) -> str | None:  # leanify prunes and distills HF encoders
+        return (f"leanify distill {model_ref} --layers {max(1, layers)} --data YOUR_TEXT "
+                "--out leanify-student") if hf and n_blocks else None
+
+    if near_id and total and len(near_id) < n_blocks:
         share = sum(flops.get(b, 0) for b in near_id) / total
         recs.append(_rec(
             "depth-pruning", f"Drop near-identity blocks ({', '.join(near_id)})",
             "Their output hidden states barely differ from their input.",
             {"kind": "estimated", "speedup": round(1 / max(1 - share, 1e-3), 2),
              "text": f"{share:.0%} of the FLOPs"},
-            "high", "needs distillation to recover accuracy"))
+            "high", "needs distillation to recover accuracy",
+            student(n_blocks - len(near_id))))
     if act.get("near_dead_neurons") or act.get("near_dead_heads"):
         recs.append(_rec(
             "structured-pruning", "Prune near-dead FFN neurons and attention heads",
@@ -249,7 +257,7 @@ def _recommendations(record: dict[str, Any], typ: float | None, overhead: dict[s
             f"{spec['under_trained']} of {spec['layers']} layers look under-trained (alpha > 6): "
             "capacity the task may not need.",
             {"kind": "estimated", "speedup": None, "text": "depends on the student's size"},
-            "high", "needs training data and a distillation run"))
+            "high", "needs training data and a distillation run", student(n_blocks // 2)))
     return recs
 
 

@@ -103,7 +103,8 @@ def distill_pass(artifact: Artifact, config: DistillConfig, ctx: PassContext) ->
     check = torch_batches(artifact, ctx, student, 1)[0]
     with ctx.output_dir(config, artifact) as out:
         save_hf(student, artifact, out, config,
-                {"distill": result.as_dict(), "pruned_from": str(teacher_artifact.path)}, check)
+                {"distill": result.as_dict(), "pruned_from": str(teacher_artifact.path),
+                 "prune": artifact.meta.get("prune")}, check)
     return load(final_path(out), name=f"{artifact.name}+{config.name}")
 
 

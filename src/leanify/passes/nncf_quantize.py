@@ -132,6 +132,7 @@ class NNCFQuantizeConfig(PassConfig):
     model_type: str = "transformer"  # transformer: attention internals stay float
     subset_size: int | None = None  # None: every calibration row
     fast_bias_correction: bool = True
+    smooth_quant: bool = True  # NNCF's SmoothQuant for transformer MatMuls (alpha 0.95)
     ignored_types: tuple[str, ...] = ()  # OpenVINO op types to keep in float
     ignored_names: tuple[str, ...] = ()  # node names to keep in float
     # Accuracy control: the fidelity drop (mean cosine x100) allowed on held-out rows.
@@ -202,6 +203,14 @@ def nncf_quantize(artifact: Artifact, config: NNCFQuantizeConfig, ctx: PassConte
     }
     if config.model_type == "transformer":
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+    if not config.smooth_quant:
+        from nncf.quantization.advanced_parameters import (
+            AdvancedQuantizationParameters,
+            AdvancedSmoothQuantParameters,
+        )
+
+        kwargs["advanced_parameters"] = AdvancedQuantizationParameters(
+            smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
     if config.ignored_types or config.ignored_names:
         kwargs["ignored_scope"] = nncf.IgnoredScope(types=list(config.ignored_types),
                                                     names=list(config.ignored_names),
@@ -255,6 +264,9 @@ def _with_accuracy_control(nncf, model: Any, rows: list[dict[str, np.ndarray]],
     for item in valid:
         result = float_model(item)
         reference.append([result[o] for o in float_model.outputs])
+    kwargs = dict(kwargs)
+    if "advanced_parameters" in kwargs:  # named differently here
+        kwargs["advanced_quantization_parameters"] = kwargs.pop("advanced_parameters")
     quantized = nncf.quantize_with_accuracy_control(
         model, nncf.Dataset(calib), nncf.Dataset(valid), _fidelity_fn(reference, valid),
         max_drop=config.max_drop, drop_type=nncf.DropType.ABSOLUTE,

@@ -69,6 +69,9 @@ class PassContext:
     isa_flags: frozenset[str] = frozenset()
     calibration: Batches | None = None  # the user's calibration split, never the eval split
     log: Callable[[str], None] = field(default=lambda _msg: None)
+    # Outputs built so far in this run, by input + pass key: pipelines that share a prefix
+    # (export-onnx, export-openvino...) build it once. None: always build.
+    built: dict[str, Artifact] | None = None
 
     def finished(self, config: PassConfig, source: Artifact) -> Path | None:
         """The output folder of this exact pass on this exact input, if an earlier run made
@@ -156,6 +159,12 @@ def apply(artifact: Artifact, config: PassConfig, ctx: PassContext) -> Artifact:
 
 def run_pipeline(artifact: Artifact, configs: Sequence[PassConfig], ctx: PassContext) -> Artifact:
     for config in configs:
+        key = artifact_key(artifact, config)
+        if ctx.built is not None and key in ctx.built and ctx.built[key].path.exists():
+            artifact = ctx.built[key]
+            continue
         ctx.log(f"{config.label()} on {artifact.name}")
         artifact = apply(artifact, config, ctx)
+        if ctx.built is not None:
+            ctx.built[key] = artifact
     return artifact

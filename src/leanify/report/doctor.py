@@ -89,7 +89,8 @@ def render_doctor(record: dict[str, Any], console: Console) -> None:
     for col in ("#", "what", "gain", "risk"):
         recs.add_column(col)
     for r in verdict["recommendations"]:
-        recs.add_row(str(r["rank"]), r["title"], r["gain"]["text"] + f" [{r['gain']['kind']}]",
+        title = r["title"] + (f"\n{r['command']}" if r.get("command") else "")
+        recs.add_row(str(r["rank"]), title, r["gain"]["text"] + f" [{r['gain']['kind']}]",
                      r["risk"]["level"])
     if verdict["recommendations"]:
         console.print(recs)
@@ -172,7 +173,9 @@ def _cell(value: Any) -> str:
 
 def _recommendations(verdict: dict[str, Any]) -> str:
     rows = [[r["rank"], _Raw(f"<b>{escape(r['title'])}</b><br><span class='small'>"
-                             f"{escape(r['why'])}</span>"),
+                             f"{escape(r['why'])}</span>"
+                             + (f"<br><code>{escape(r['command'])}</code>"
+                                if r.get("command") else "")),
              _Raw(f"{escape(r['gain']['text'])} <span class='small'>"
                   f"({escape(r['gain']['kind'])})</span>"),
              _Raw(f"{escape(r['risk']['level'])}<br><span class='small'>"

@@ -13,6 +13,7 @@ from typing import Any
 
 from leanify.models.load import SIDECAR
 
+EXAMPLE_TEXTS = ["A sentence to embed.", "Another one."]
 ORT_LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
               "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
@@ -44,7 +45,7 @@ def usage_snippet(out: Path, selected: dict[str, Any], task: str, threads: int,
                   f"tok.enable_truncation(max_length={int(max_length)})",
                   "tok.enable_padding()"]
     lines += [
-        'texts = ["A sentence to embed.", "Another one."]',
+        f"texts = {EXAMPLE_TEXTS!r}".replace("'", '"'),
         "enc = tok.encode_batch(texts)",
         "feeds = {",
         '    "input_ids": np.array([e.ids for e in enc], dtype=np.int64),',
@@ -107,6 +108,6 @@ def _tail(task: str, meta: dict[str, Any]) -> list[str]:
         lines += ["# sentence embedding: mean over real tokens",
                   'mask = feeds["attention_mask"][..., None]',
                   "emb = (outputs * mask).sum(1) / mask.sum(1)"]
-    if meta.get("normalize", True):
+    if meta.get("normalize"):  # as the model's own Normalize module does
         lines.append("emb /= np.linalg.norm(emb, axis=1, keepdims=True)")
     return lines

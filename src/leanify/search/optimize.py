@@ -122,6 +122,7 @@ def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
         training = Training(data=tuple(Path(p).resolve() for p in settings.transfer_data),
                             budget_min=settings.training_budget_min)
     candidates = plan(source, only=settings.candidates, calibration=len(calibration) > 0,
+                      batch_sizes=tuple(settings.batch_sizes),
                       isa_flags=isa_flags, training=training,
                       max_drop=settings.targets.max_drop)
 
@@ -154,7 +155,7 @@ def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
 
         ctx = PassContext(
             work_dir=out / "work", threads=threads,
-            isa_flags=isa_flags,
+            isa_flags=isa_flags, built={},
             calibration=_calibration_batches(source, calibration, settings.max_length),
         )
         tick(done, total, "evaluating the baseline")

@@ -59,6 +59,15 @@ RUNTIME_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
     ("onnx-fused-int8-dynamic-nospin", [("ort-optimize", {}), ("quantize-dynamic", {}),
                                         ("runtime-settings", {"allow_spinning": False})]),
 ]
+# Tried only when asked for by name (or `--candidates all`): on the CPUs measured so far they
+# never beat the default set above (fp32 runtimes, the same int8 model at another precision, an
+# accuracy-controlled variant that only matters when plain int8 fails the gate, ORT without
+# spinning), and each one costs a build, an evaluation and a timing.
+EXTENDED = frozenset({"onnx-fused", "openvino-fp32", "openvino-int8-f32", "openvino-int8-acc",
+                      "onnx-fused-int8-dynamic-nospin", "torch-int8-dynamic"})
+# THROUGHPUT splits a batch across streams; a single request then gets one core's worth, so it
+# is only planned when no batch-1 latency is measured.
+BATCH_ONLY = frozenset({"openvino-int8-throughput"})
 # Weight-only compression pays off when reading the weights dominates: large models only.
 LARGE_MODEL_PARAMS = 1_000_000_000
 LARGE_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
@@ -70,7 +79,7 @@ LARGE_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
 
 # With --allow-training, a student (half the encoder layers, distilled on the user's transfer
 # text) goes through the best post-training recipes too.
-STUDENT_RECIPES = ("onnx-fused-int8-dynamic", "onnx-int8-dynamic")
+STUDENT_RECIPES = ("onnx-fused-int8-dynamic", "onnx-int8-dynamic", "openvino-int8")
 
 
 @dataclass(frozen=True)
@@ -135,8 +144,11 @@ def _runtime_recipes(artifact: Artifact, max_drop: float) -> list[tuple[str, lis
 
 def plan(artifact: Artifact, *, only: list[str] | None = None, calibration: bool = True,
          isa_flags: frozenset[str] = frozenset(), training: Training | None = None,
-         max_drop: float = 0.5) -> list[Candidate]:
+         max_drop: float = 0.5, batch_sizes: tuple[int, ...] = (1,)) -> list[Candidate]:
     """Candidate pipelines for `artifact`, in the order they are tried.
+
+    Without `only`, the default set (no EXTENDED recipes, no BATCH_ONLY ones when batch 1 is
+    measured); `only=["all"]` tries every recipe that applies.
 
     `max_drop` bounds the accuracy-controlled quantization (in fidelity points, see
     passes/nncf_quantize.py); the real metric is gated afterwards like every candidate's.
@@ -172,6 +184,11 @@ def plan(artifact: Artifact, *, only: list[str] | None = None, calibration: bool
             continue
         pipeline = tuple(make_config(step, **params) for step, params in steps)
         out.append(Candidate(name, pipeline, needs_calibration=static))
+    if only == ["all"]:
+        only = None
+    elif not only:
+        skip = EXTENDED | (BATCH_ONLY if min(batch_sizes, default=1) == 1 else frozenset())
+        out = [c for c in out if c.name not in skip]
     if only:
         unknown = sorted(set(only) - {c.name for c in out})
         if unknown:

@@ -342,8 +342,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--budget-min", type=float, default=40.0)
     parser.add_argument("--cls-layers", type=int, default=3)
-    parser.add_argument("--cls-ffn-keep", type=float, default=0.5)
-    parser.add_argument("--cls-epochs", type=float, default=2.0)
+    parser.add_argument("--cls-ffn-keep", type=float, default=0.75)
+    parser.add_argument("--cls-epochs", type=float, default=3.0)
     parser.add_argument("--sst2-finetune", type=int, default=20000,
                         help="SST-2 training sentences the teacher is fine-tuned on")
     args = parser.parse_args()

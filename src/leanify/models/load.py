@@ -337,7 +337,7 @@ def _load_onnx(path: Path, name: str) -> Artifact:
             d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
             for d in ttype.shape.dim
         ) if ttype.HasField("shape") else None
-        low, high = _int_range(value.name, vocab_of.get(value.name))
+        low, high = int_range(value.name, vocab_of.get(value.name))
         inputs.append(TensorSpec(value.name, dtype, shape, low, high))
 
     meta: dict[str, Any] = {
@@ -373,7 +373,8 @@ def _gather_table_sizes(model, initializers) -> dict[str, int]:
     return sizes
 
 
-def _int_range(name: str, table_rows: int | None) -> tuple[int | None, int | None]:
+def int_range(name: str, table_rows: int | None) -> tuple[int | None, int | None]:
+    """Valid values of an integer input: the embedding table's rows, or by its name."""
     if table_rows:
         return 0, table_rows
     if "mask" in name:

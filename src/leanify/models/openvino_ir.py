@@ -123,7 +123,7 @@ def _ov_reason(exc: BaseException) -> str:
 
 def load_openvino(path: Path, name: str) -> Artifact:
     """An `openvino` artifact: inputs from the IR, weights file listed as external data."""
-    from leanify.models.load import TOKENIZER_FILES, read_sidecar
+    from leanify.models.load import TOKENIZER_FILES, int_range, read_sidecar
 
     model = read_ir(path)
     vocab = _embedding_rows(model)
@@ -139,7 +139,7 @@ def load_openvino(path: Path, name: str) -> Artifact:
                 tuple(f"dim{i}" for i in range(len(dims)))
             shape = tuple(d.get_length() if d.is_static else symbolic[i]
                           for i, d in enumerate(dims))
-        low, high = _int_range(input_name, vocab.get(input_name))
+        low, high = int_range(input_name, vocab.get(input_name))
         inputs.append(TensorSpec(input_name, dtype, shape, low, high))
     params = sum(_numel(op) for op in model.get_ops() if op.get_type_name() == "Constant")
     meta: dict[str, Any] = {
@@ -204,18 +204,7 @@ def _through(node: Any, kinds: tuple[str, ...], depth: int = 4) -> Any:
     return node
 
 
-def _int_range(name: str, table_rows: int | None) -> tuple[int | None, int | None]:
-    if table_rows:
-        return 0, table_rows
-    if "mask" in name:
-        return 0, 2
-    if "type" in name:
-        return 0, 1
-    return None, None
-
-
 def save_ir(model: Any, target: Path) -> None:
     """Write an IR (.xml + .bin) with weights as they are (no silent fp16 compression)."""
     ov = require("openvino", "openvino", "Saving OpenVINO models")
     ov.save_model(model, str(target), compress_to_fp16=False)
-

@@ -76,6 +76,12 @@ RECIPES: dict[str, list[tuple[str, dict]]] = {
     "leanify-ov-int8": [("export-onnx", {}), ("export-openvino", {}), ("nncf-quantize", {})],
     "leanify-ov-int8-f32": [("export-onnx", {}), ("export-openvino", {}), ("nncf-quantize", {}),
                             ("runtime-settings", {"inference_precision": "f32"})],
+    # leanify's openvino-int8-static-shapes: padded to a multiple of 32 tokens, one compiled
+    # model per length (a static batch for single rows), batches split across two streams
+    "leanify-ov-int8-static-shapes": [("export-onnx", {}), ("export-openvino", {}),
+                                      ("nncf-quantize", {}),
+                                      ("runtime-settings", {"sequence_multiple": 32,
+                                                            "batch_streams": 2})],
     "leanify-ort-fused-int8": [("export-onnx", {}), ("ort-optimize", {}),
                                ("quantize-dynamic", {})],
 }
@@ -93,6 +99,10 @@ EXPLORE: dict[str, list[tuple[str, dict]]] = {
     # attention score MatMuls quantized as well (no transformer-aware scope)
     "ov-int8-all-matmuls": [("export-onnx", {}), ("export-openvino", {}),
                             ("nncf-quantize", {"model_type": "none"})],
+    # static shapes without the batch streams
+    "ov-int8-static-no-streams": [("export-onnx", {}), ("export-openvino", {}),
+                                  ("nncf-quantize", {}),
+                                  ("runtime-settings", {"sequence_multiple": 32})],
     "ov-fp32": [("export-onnx", {}), ("export-openvino", {}),
                 ("runtime-settings", {"inference_precision": "f32"})],
     "ov-bf16": [("export-onnx", {}), ("export-openvino", {}),
@@ -191,9 +201,25 @@ if model.suffix == ".xml":
               "INFERENCE_NUM_THREADS": threads}
     if settings.get("inference_precision"):
         config["INFERENCE_PRECISION_HINT"] = settings["inference_precision"]
-    compiled = ov.Core().compile_model(str(model), "CPU", config)
-    wanted = {i.get_any_name() for i in compiled.inputs}
-    run = lambda feed: compiled(feed)[compiled.output(0)]
+    core = ov.Core()
+    ir = core.read_model(str(model))
+    compiled = core.compile_model(ir, "CPU", config)
+    multiple = settings.get("sequence_multiple")
+    if multiple:  # padded (masked) to a multiple, one static shape per length, as leanify runs
+        cache = {}
+        def run(feed):
+            rows, n = feed["attention_mask"].shape
+            shape = (1 if rows == 1 else -1, -(-n // multiple) * multiple)
+            if shape not in cache:
+                shaped = ir.clone()
+                shaped.reshape({p.get_any_name(): list(shape) for p in shaped.inputs})
+                cache[shape] = core.compile_model(shaped, "CPU", config)
+            c, length = cache[shape], shape[1]
+            return c({k: np.pad(v, ((0, 0), (0, length - n))) for k, v in feed.items()})[
+                c.output(0)][:, :n]
+    else:
+        run = lambda feed: compiled(feed)[compiled.output(0)]
+    wanted = {i.get_any_name() for i in ir.inputs}
     ran = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
 else:
     import onnxruntime as ort
@@ -300,6 +326,7 @@ def main() -> int:
     paths = build_leanify(args.work / "leanify", names, args.threads, texts)
     if args.student:
         paths.update(build_leanify(args.work / "student", ["leanify-ov-int8",
+                                                           "leanify-ov-int8-static-shapes",
                                                            "leanify-ort-fused-int8"],
                                    args.threads, texts, str(args.student), "student-"))
     models += [leanify.load(p, name=n) for n, p in paths.items()]

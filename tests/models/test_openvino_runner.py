@@ -99,6 +99,46 @@ def test_streams_split_the_batch_and_give_the_same_outputs(tiny_ir):
     np.testing.assert_allclose(two["last_hidden_state"], one["last_hidden_state"], atol=1e-5)
 
 
+def test_static_shapes_and_batch_streams_give_the_same_outputs(tiny_ir):
+    art = load(tiny_ir)
+    batch = InputBuilder(art).batch(3, 21)
+    batch["attention_mask"][-1, 9:] = 0  # the last row is padded already
+    dynamic, _ = run(with_settings(art, inference_precision="f32"), batch)
+    runner = open_runner(with_settings(art, inference_precision="f32", sequence_multiple=16,
+                                       batch_streams=2), 2)
+    try:
+        padded = runner.run({k: v for k, v in batch.items() if k in runner.input_names})
+        longer = InputBuilder(art).batch(2, 40)
+        runner.run({k: v for k, v in longer.items() if k in runner.input_names})
+        one_row = {k: v[:1, :5] for k, v in batch.items() if k in runner.input_names}
+        single = runner.run(one_row)["last_hidden_state"]
+        # (rows, padded length, streams): the first length at init; batches padded 21 -> 32 and
+        # 40 -> 48 on two streams; a single row: static batch too, on the latency model
+        assert sorted(runner.compiled) == [(-1, 16, 0), (-1, 32, 2), (-1, 48, 2), (1, 16, 0)]
+        assert len(runner.compiled[-1, 32, 2][2]) == 2  # one request per stream
+        assert runner.details["sequence_multiple"] == 16 and runner.details["batch_streams"] == 2
+        assert runner.details["performance_hint"] == "LATENCY"
+    finally:
+        runner.close()
+    got, want = padded["last_hidden_state"], dynamic["last_hidden_state"]
+    assert got.shape == want.shape == (3, 21, 32)
+    real = batch["attention_mask"].astype(bool)
+    np.testing.assert_allclose(got[real], want[real], atol=1e-5)  # masked padding: same
+    alone, _ = run(with_settings(art, inference_precision="f32"), one_row)
+    assert single.shape == (1, 5, 32)
+    np.testing.assert_allclose(single, alone["last_hidden_state"], atol=1e-5)
+
+
+def test_sequence_multiple_needs_an_attention_mask(tiny_cnn_onnx, tmp_path):
+    ctx = PassContext(work_dir=tmp_path / "work", threads=2)
+    ir = apply(load(tiny_cnn_onnx), make_config("export-openvino"), ctx)
+    with pytest.raises(LeanifyError, match="no 'attention_mask' input") as err:
+        apply(ir, make_config("runtime-settings", sequence_multiple=32), ctx)
+    assert "Leave sequence_multiple out" in err.value.render()
+    with pytest.raises(LeanifyError, match="needs padded text inputs"):
+        open_runner(with_settings(ir, sequence_multiple=32), 2)
+
+
 def copy_ir(tiny_ir: Path, target: Path) -> Path:
     target.mkdir()
     for f in tiny_ir.parent.iterdir():

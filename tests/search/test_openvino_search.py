@@ -33,7 +33,8 @@ def by_name(candidates):
 
 def test_plan_adds_openvino_and_runtime_setting_candidates(tiny_hf):
     default = by_name(plan(load(tiny_hf), isa_flags=BF16))
-    assert {"openvino-int8", "openvino-bf16", "onnx-fused-int8-dynamic"} <= set(default)
+    assert {"openvino-int8", "openvino-bf16", "onnx-fused-int8-dynamic",
+            "openvino-int8-static-shapes"} <= set(default)
     assert not {"openvino-fp32", "openvino-int8-acc", "openvino-int8-throughput"} & set(default)
     batch_only = by_name(plan(load(tiny_hf), isa_flags=BF16, batch_sizes=(32,)))
     assert ("openvino-int8-throughput" in batch_only) == (usable_cores() > 1)
@@ -48,6 +49,9 @@ def test_plan_adds_openvino_and_runtime_setting_candidates(tiny_hf):
     if usable_cores() > 1:
         assert names["openvino-int8-throughput"][-1] == (
             f"runtime-settings(performance_hint=THROUGHPUT,num_streams={usable_cores()})")
+    streams = f",batch_streams={usable_cores()}" if usable_cores() > 1 else ""
+    assert names["openvino-int8-static-shapes"][-1] == \
+        f"runtime-settings(sequence_multiple=32{streams})"
     assert not any("weights" in n for n in names)  # weight-only: large models only
 
 
@@ -64,9 +68,12 @@ def test_plan_skips_bf16_without_native_bf16_and_adds_weight_only_for_large(tiny
     assert not any("nncf-quantize" in "".join(p) for p in names.values())
 
 
-def test_plan_from_onnx_starts_with_the_ir_export(tiny_onnx):
+def test_plan_from_onnx_starts_with_the_ir_export(tiny_onnx, tiny_cnn_onnx):
     names = by_name(plan(load(tiny_onnx), isa_flags=BF16))
     assert names["openvino-int8"] == ["export-openvino", "nncf-quantize"]
+    assert "openvino-int8-static-shapes" in names
+    # no attention mask: padding would change the results, so no static-shape candidate
+    assert "openvino-int8-static-shapes" not in by_name(plan(load(tiny_cnn_onnx), only=["all"]))
 
 
 def run_snippet(code: str, cwd: Path) -> np.ndarray:
@@ -98,7 +105,10 @@ def leanify_embeddings(model_file: Path) -> np.ndarray:
     [("export-openvino", {}), ("runtime-settings", {"inference_precision": "bf16"})],
     [("export-openvino", {}), ("runtime-settings", {"inference_precision": "f32"})],
     [("export-onnx", {}), ("runtime-settings", {"allow_spinning": False})],
-], ids=["openvino-bf16", "openvino-f32", "onnx-nospin"])
+    [("export-openvino", {}), ("runtime-settings", {"inference_precision": "f32",
+                                                    "sequence_multiple": 32,
+                                                    "batch_streams": 2})],
+], ids=["openvino-bf16", "openvino-f32", "onnx-nospin", "openvino-static-shapes"])
 def test_snippet_reproduces_leanify_outputs_in_a_fresh_process(tiny_hf, tmp_path, steps):
     from leanify.measure.machine import cpu_info
     from leanify.passes.precision import native_bf16
@@ -120,6 +130,7 @@ def test_snippet_reproduces_leanify_outputs_in_a_fresh_process(tiny_hf, tmp_path
     code = usage_snippet(out, selected, "embedding-similarity", threads=2)
     if art.format == "openvino":
         assert f'"INFERENCE_PRECISION_HINT": "{ran["inference_precision"]}"' in code
+        assert ("// 32) * 32" in code) == ("sequence_multiple" in str(steps))
     else:
         assert "allow_spinning\", \"0\"" in code
     got = run_snippet(code, out)

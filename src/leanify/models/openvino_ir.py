@@ -3,7 +3,11 @@
 Runtime settings live in the model's sidecar (`leanify_model.json`, key "runtime") so that a
 search can try them like any other candidate and evaluate accuracy under them:
 - OpenVINO: `inference_precision` ("f32", "bf16", "f16"), `performance_hint` ("LATENCY",
-  "THROUGHPUT"), `num_streams` (int).
+  "THROUGHPUT"), `num_streams` (int), `sequence_multiple` (int: text inputs are padded to the
+  next multiple of it and one model is compiled per padded length, since OpenVINO runs static
+  shapes faster than dynamic ones; padding is masked, so results stay the same),
+  `batch_streams` (int: batches of several rows run split across that many streams on a
+  THROUGHPUT-compiled model; single rows keep the latency model).
 - ONNX Runtime: `intra_op_num_threads` (int), `allow_spinning` (bool),
   `graph_optimization_level` ("disabled", "basic", "extended", "all").
 
@@ -13,6 +17,7 @@ runner reads back the precision that the compiled model actually uses.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,8 @@ OPENVINO_SETTINGS: dict[str, tuple[Any, ...]] = {
     "inference_precision": ("f32", "bf16", "f16"),
     "performance_hint": ("LATENCY", "THROUGHPUT"),
     "num_streams": (int,),
+    "sequence_multiple": (int,),
+    "batch_streams": (int,),
 }
 ORT_SETTINGS: dict[str, tuple[Any, ...]] = {
     "intra_op_num_threads": (int,),
@@ -77,6 +84,19 @@ def ov_properties(settings: dict[str, Any], threads: int | None) -> dict[str, An
     if settings.get("num_streams"):
         props["NUM_STREAMS"] = int(settings["num_streams"])
     return props
+
+
+def padding_problem(inputs: Sequence[TensorSpec]) -> str | None:
+    """Why inputs cannot be padded along the sequence (None: they can). Padding is exact only
+    with an attention mask that hides the padded positions, and for [batch, sequence] inputs
+    whose sequence dimension is dynamic."""
+    if not any(spec.name == "attention_mask" for spec in inputs):
+        return "it has no 'attention_mask' input to hide padded positions"
+    for spec in inputs:
+        if spec.shape is None or len(spec.shape) != 2 or isinstance(spec.shape[1], int):
+            return (f"input '{spec.name}' is not [batch, sequence] with a dynamic sequence "
+                    f"(shape {list(spec.shape) if spec.shape else 'unknown'})")
+    return None
 
 
 def precision_name(value: Any) -> str:

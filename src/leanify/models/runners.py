@@ -164,6 +164,14 @@ class OpenVINORunner(Runner):
 
     With several streams (THROUGHPUT) a batch is split into one part per stream, the parts
     run in parallel and are joined (a single request would keep one stream busy only).
+    With `sequence_multiple` the inputs are padded (masked) to the next multiple of it and each
+    padded length gets its own compiled model with a static sequence dimension; single rows
+    (the latency case) get a static batch dimension too. Per-token outputs are cut back to the
+    real length. (MiniLM int8 at seq 128 on 2 cores: static [1, 128] 1.11-1.14x, [-1, 128]
+    1.05-1.10x over dynamic shapes, measured in one process, interleaved.)
+    With `batch_streams` batches of several rows run on a second compiled model with that many
+    streams (THROUGHPUT, one part of the batch each), while single rows keep the latency
+    model and all its threads.
     """
 
     runtime = "openvino"
@@ -171,48 +179,101 @@ class OpenVINORunner(Runner):
     def __init__(self, artifact: Artifact, threads: int | None):
         super().__init__(artifact, threads)
         from leanify.models.openvino_ir import (
-            _ov_reason,
-            ov_properties,
+            padding_problem,
             precision_name,
+            read_ir,
             runtime_settings,
         )
 
         ov = require("openvino", "openvino", "Running OpenVINO models")
         self.settings = runtime_settings(artifact)
-        props = ov_properties(self.settings, threads)
+        self.multiple = int(self.settings.get("sequence_multiple") or 0)
+        self.batch_streams = int(self.settings.get("batch_streams") or 0)
+        if self.multiple and (problem := padding_problem(artifact.inputs)):
+            raise LeanifyError(
+                f"runtime setting sequence_multiple={self.multiple} needs padded text inputs, "
+                f"but {problem}.", path=artifact.path.parent / "leanify_model.json",
+                fix="Remove 'sequence_multiple' from the sidecar's 'runtime' entry.")
+        self.core = ov.Core()
+        self.model = read_ir(artifact.path)
+        # outputs with a dynamic dim 1 are per token ([batch, sequence, ...]): cut after padding
+        self.per_token = [i for i, o in enumerate(self.model.outputs)
+                          if o.get_partial_shape().rank.is_static
+                          and len(o.get_partial_shape()) >= 2
+                          and o.get_partial_shape()[1].is_dynamic]
+        self.compiled: dict[tuple[int, int, int], tuple[Any, Any, list[Any]]] = {}
+        # compiled now: errors come early, the settings in effect are read back
+        compiled = self._compiled(-1, self.multiple, 0)[0]
+        self.precision = precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.hint = str(compiled.get_property("PERFORMANCE_HINT")).rsplit(".", 1)[-1]
+        self.streams = int(compiled.get_property("NUM_STREAMS"))
+        self.num_threads = int(compiled.get_property("INFERENCE_NUM_THREADS"))
+        self.outputs = list(compiled.outputs)
+        self.output_names = [o.get_any_name() for o in self.outputs]
+
+    def _compiled(self, rows: int, length: int, streams: int) -> tuple[Any, Any, list[Any]]:
+        """(compiled model, request, one request per stream) for a shape (-1 rows or 0 length:
+        dynamic) and a stream count (0: the artifact's settings)."""
+        key = (rows, length, streams)
+        if key in self.compiled:
+            return self.compiled[key]
+        from leanify.models.openvino_ir import _ov_reason, ov_properties
+
+        model = self.model
+        if length:
+            model = model.clone()
+            model.reshape({p.get_any_name(): [rows, length] for p in model.inputs})
+        props = ov_properties(self.settings, self.threads)
+        if streams:
+            props.update(PERFORMANCE_HINT="THROUGHPUT", NUM_STREAMS=streams)
         try:
-            core = ov.Core()
-            model = core.read_model(str(artifact.path))
-            self.compiled = core.compile_model(model, "CPU", props)
+            compiled = self.core.compile_model(model, "CPU", props)
         except Exception as exc:
             raise LeanifyError(
                 f"OpenVINO could not compile the model ({_ov_reason(exc)}).",
-                path=artifact.path,
+                path=self.artifact.path,
                 fix="Check that this openvino version supports the IR, or re-export it.",
             ) from exc
-        self.precision = precision_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-        self.hint = str(self.compiled.get_property("PERFORMANCE_HINT")).rsplit(".", 1)[-1]
-        self.streams = int(self.compiled.get_property("NUM_STREAMS"))
-        self.num_threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
-        self.outputs = list(self.compiled.outputs)
-        self.output_names = [o.get_any_name() for o in self.outputs]
-        self.request = self.compiled.create_infer_request()
+        streams = int(compiled.get_property("NUM_STREAMS"))
         # One request per stream; no Python callbacks (they need the GIL on OpenVINO's threads).
-        self.parallel = [self.compiled.create_infer_request() for _ in range(self.streams)] \
-            if self.streams > 1 else []
+        parallel = [compiled.create_infer_request() for _ in range(streams)] \
+            if streams > 1 else []
+        self.compiled[key] = (compiled, compiled.create_infer_request(), parallel)
+        return self.compiled[key]
 
     @property
     def details(self) -> dict[str, Any]:
-        return {"inference_precision": self.precision, "performance_hint": self.hint,
-                "num_streams": self.streams, "inference_num_threads": self.num_threads}
+        details = {"inference_precision": self.precision, "performance_hint": self.hint,
+                   "num_streams": self.streams, "inference_num_threads": self.num_threads}
+        if self.multiple:
+            details["sequence_multiple"] = self.multiple
+        if self.batch_streams:
+            details["batch_streams"] = self.batch_streams
+        return details
 
     def _run(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = min((len(v) for v in batch.values()), default=0)
-        if not self.parallel or rows < 2:
-            result = self.request.infer(dict(batch))
-            return {n: result[o] for n, o in zip(self.output_names, self.outputs, strict=True)}
-        parts = np.array_split(np.arange(rows), min(len(self.parallel), rows))
-        requests = self.parallel[:len(parts)]
+        streams = self.batch_streams if rows > 1 else 0
+        if not self.multiple:
+            return self._infer(self._compiled(-1, 0, streams), batch)
+        n = next(iter(batch.values())).shape[1]
+        length = -(-n // self.multiple) * self.multiple
+        padded = {k: np.pad(v, ((0, 0), (0, length - n))) for k, v in batch.items()}
+        out = self._infer(self._compiled(1 if rows == 1 else -1, length, streams), padded)
+        for i in self.per_token:
+            name = self.output_names[i]
+            out[name] = out[name][:, :n]
+        return out
+
+    def _infer(self, compiled: tuple[Any, Any, list[Any]],
+               batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        _, request, parallel = compiled
+        rows = min((len(v) for v in batch.values()), default=0)
+        if not parallel or rows < 2:
+            result = request.infer(dict(batch))
+            return {n: result[i] for i, n in enumerate(self.output_names)}
+        parts = np.array_split(np.arange(rows), min(len(parallel), rows))
+        requests = parallel[:len(parts)]
         for request, part in zip(requests, parts, strict=True):
             request.start_async({k: v[part[0]:part[-1] + 1] for k, v in batch.items()})
         for request in requests:
@@ -221,9 +282,8 @@ class OpenVINORunner(Runner):
                 for i, n in enumerate(self.output_names)}
 
     def close(self) -> None:
-        self.parallel = []
-        self.request = None
-        self.compiled = None
+        self.compiled = {}
+        self.model = None
 
 
 # --- PyTorch ---------------------------------------------------------------------------

@@ -5,7 +5,9 @@ rounds every activation), so the search treats it like any other candidate: the 
 into the artifact's sidecar, the runner applies them, and accuracy is evaluated under them.
 
 Settings (see leanify.models.openvino_ir): OpenVINO `inference_precision` (f32, bf16, f16),
-`performance_hint` (LATENCY, THROUGHPUT), `num_streams`; ONNX Runtime `intra_op_num_threads`,
+`performance_hint` (LATENCY, THROUGHPUT), `num_streams`, `sequence_multiple` (pad text inputs
+to a multiple of it and compile static shapes), `batch_streams` (split batches across streams,
+single rows on the latency model); ONNX Runtime `intra_op_num_threads`,
 `allow_spinning`, `graph_optimization_level`. Unset fields keep the input's settings.
 
 The new artifact is checked against its input on a real batch; the precision that actually
@@ -22,7 +24,7 @@ from typing import Any, ClassVar
 
 from leanify.errors import LeanifyError
 from leanify.models.artifact import Artifact
-from leanify.models.openvino_ir import SETTINGS_BY_FORMAT, check_settings
+from leanify.models.openvino_ir import SETTINGS_BY_FORMAT, check_settings, padding_problem
 from leanify.passes.export_onnx import check_batch, mean_cosine, write_output
 from leanify.passes.registry import PassConfig, PassContext, register
 
@@ -34,6 +36,8 @@ class RuntimeSettingsConfig(PassConfig):
     inference_precision: str | None = None  # openvino
     performance_hint: str | None = None  # openvino
     num_streams: int | None = None  # openvino
+    sequence_multiple: int | None = None  # openvino: static shapes for padded lengths
+    batch_streams: int | None = None  # openvino: streams for batches, latency for single rows
     intra_op_num_threads: int | None = None  # onnxruntime
     allow_spinning: bool | None = None  # onnxruntime
     graph_optimization_level: str | None = None  # onnxruntime
@@ -70,6 +74,11 @@ def runtime_settings_pass(artifact: Artifact, config: RuntimeSettingsConfig,
         raise LeanifyError(f"pass '{config.name}' was given no setting to change.",
                            fix="Set e.g. inference_precision='f32'.")
     check_settings(artifact.format, new, artifact.path)
+    if new.get("sequence_multiple") and (problem := padding_problem(artifact.inputs)):
+        raise LeanifyError(
+            f"sequence_multiple pads text inputs, but {artifact.name} cannot be padded: "
+            f"{problem}.", path=artifact.path,
+            fix="Leave sequence_multiple out for this model.")
     settings = {**(artifact.meta.get("runtime") or {}), **new}
     from leanify.models.runners import open_runner
 

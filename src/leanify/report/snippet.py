@@ -78,17 +78,65 @@ def _onnx_head(path: str, ran: dict[str, Any], threads: int) -> list[str]:
 def _openvino_head(path: str, ran: dict[str, Any], threads: int) -> list[str]:
     precision = ran.get("inference_precision", "f32")
     hint = ran.get("performance_hint", "LATENCY")
-    lines = ["import numpy as np", "import openvino as ov", "from tokenizers import Tokenizer",
-             "", f'model = ov.Core().compile_model("{path}", "CPU", {{',
-             f'    "INFERENCE_PRECISION_HINT": "{precision}",  # the precision leanify measured',
-             f'    "PERFORMANCE_HINT": "{hint}",',
-             f'    "INFERENCE_NUM_THREADS": {int(ran.get("inference_num_threads") or threads)},']
+    multiple = int(ran.get("sequence_multiple") or 0)
+    batch_streams = int(ran.get("batch_streams") or 0)
+    config = [f'    "INFERENCE_PRECISION_HINT": "{precision}",  # the precision leanify measured',
+              f'    "PERFORMANCE_HINT": "{hint}",',
+              f'    "INFERENCE_NUM_THREADS": {int(ran.get("inference_num_threads") or threads)},']
     streams = int(ran.get("num_streams") or 1)
     if streams > 1:
-        lines.append(f'    "NUM_STREAMS": {streams},  # keep {streams} requests in flight '
-                     "(ov.AsyncInferQueue) to use them all")
-    lines += ["})", "wanted = {i.get_any_name() for i in model.inputs}",
-              "run = lambda feeds: model(feeds)[model.output(0)]  # first output"]
+        config.append(f'    "NUM_STREAMS": {streams},  # keep {streams} requests in flight '
+                      "(ov.AsyncInferQueue) to use them all")
+    lines = ["import numpy as np", "import openvino as ov", "from tokenizers import Tokenizer",
+             ""]
+    if not multiple and not batch_streams:
+        return [*lines, f'model = ov.Core().compile_model("{path}", "CPU", {{', *config, "})",
+                "wanted = {i.get_any_name() for i in model.inputs}",
+                "run = lambda feeds: model(feeds)[model.output(0)]  # first output"]
+    lines += ["core = ov.Core()", f'ir = core.read_model("{path}")', "config = {", *config, "}",
+              "wanted = {i.get_any_name() for i in ir.inputs}",
+              "per_token = ir.output(0).get_partial_shape()[1].is_dynamic  # [batch, seq, ...]",
+              "compiled = {}", "", "",
+              "def compiled_for(shape, streams):",
+              "    if (shape, streams) not in compiled:",
+              "        model = ir.clone()",
+              "        if shape[1]:  # static shapes run faster than dynamic ones",
+              "            model.reshape({p.get_any_name(): list(shape) for p in model.inputs})",
+              "        settings = config",
+              "        if streams:  # a batch: THROUGHPUT, one part of it per stream",
+              '            settings = {**config, "PERFORMANCE_HINT": "THROUGHPUT", '
+              '"NUM_STREAMS": streams}',
+              '        model = core.compile_model(model, "CPU", settings)',
+              "        requests = [model.create_infer_request() for _ in range(max(streams, 1))]",
+              "        compiled[shape, streams] = model, requests",
+              "    return compiled[shape, streams]", "", "",
+              "def run(feeds):",
+              '    rows, n = feeds["attention_mask"].shape']
+    if multiple:
+        lines += [f"    length = -(-n // {multiple}) * {multiple}  # padded to a multiple of "
+                  f"{multiple} (masked: same results)",
+                  "    feeds = {k: np.pad(v, ((0, 0), (0, length - n))) for k, v in "
+                  "feeds.items()}",
+                  "    shape = (1 if rows == 1 else -1, length)  # a single row: static batch too"]
+    else:
+        lines.append("    shape = (-1, 0)  # dynamic")
+    if batch_streams:
+        lines += ["    if rows == 1:  # latency: one request with all the threads",
+                  "        model, (request,) = compiled_for(shape, 0)",
+                  "        out = request.infer(feeds)[model.output(0)]",
+                  f"    else:  # a batch: one part per stream ({batch_streams}), in parallel",
+                  f"        model, requests = compiled_for(shape, {batch_streams})",
+                  f"        parts = np.array_split(np.arange(rows), min({batch_streams}, rows))",
+                  "        for request, part in zip(requests, parts):",
+                  "            request.start_async({k: v[part] for k, v in feeds.items()})",
+                  "        for request in requests[:len(parts)]:",
+                  "            request.wait()",
+                  "        out = np.concatenate([r.get_output_tensor(0).data.copy() "
+                  "for r in requests[:len(parts)]])"]
+    else:
+        lines += ["    model, (request,) = compiled_for(shape, 0)",
+                  "    out = request.infer(feeds)[model.output(0)]"]
+    lines += ["    return out[:, :n] if per_token else out  # first output", ""]
     return lines
 
 

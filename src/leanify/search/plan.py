@@ -51,8 +51,16 @@ OPENVINO_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
     ("openvino-int8-acc", [("export-openvino", {}), ("nncf-quantize", {"max_drop": None})]),
 ]
 # Runtime settings of the usual winners, as candidates of their own ("num_streams" is filled in
-# with the usable cores).
+# with the usable cores). Static shapes: text padded to a multiple of 32 tokens, one compiled
+# model per padded length, and batches split across one stream per core while single rows keep
+# the latency model ("batch_streams"; dropped on one core). MiniLM int8, seq 128, 2 cores:
+# 1.18x at batch 1 and 1.09x at batch 32 over dynamic shapes with the LATENCY hint
+# (benchmarks/openvino_vs_peer.py). Planned for models with an attention mask only, since
+# padding must be masked.
 RUNTIME_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
+    ("openvino-int8-static-shapes", [("export-openvino", {}), ("nncf-quantize", {}),
+                                     ("runtime-settings", {"sequence_multiple": 32,
+                                                           "batch_streams": None})]),
     ("openvino-int8-throughput", [("export-openvino", {}), ("nncf-quantize", {}),
                                   ("runtime-settings", {"performance_hint": "THROUGHPUT",
                                                         "num_streams": None})]),
@@ -79,7 +87,8 @@ LARGE_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
 
 # With --allow-training, a student (half the encoder layers, distilled on the user's transfer
 # text) goes through the best post-training recipes too.
-STUDENT_RECIPES = ("onnx-fused-int8-dynamic", "onnx-int8-dynamic", "openvino-int8")
+STUDENT_RECIPES = ("onnx-fused-int8-dynamic", "onnx-int8-dynamic", "openvino-int8",
+                   "openvino-int8-static-shapes")
 
 
 @dataclass(frozen=True)
@@ -120,6 +129,7 @@ def _installed(module: str) -> bool:
 def _runtime_recipes(artifact: Artifact, max_drop: float) -> list[tuple[str, list]]:
     """OpenVINO and runtime-setting recipes, with the values known only at plan time."""
     from leanify.measure.machine import usable_cores
+    from leanify.models.openvino_ir import padding_problem
 
     ov = _installed("openvino") and _installed("nncf")
     big = (artifact.meta.get("params") or 0) > LARGE_MODEL_PARAMS
@@ -135,9 +145,14 @@ def _runtime_recipes(artifact: Artifact, max_drop: float) -> list[tuple[str, lis
                 params["max_drop"] = max_drop
             if "num_streams" in params:
                 params["num_streams"] = streams
+            if "batch_streams" in params:
+                params["batch_streams"] = streams if streams > 1 else None
             filled.append((step, params))
         if any(p.get("num_streams") == 1 for _, p in filled):
             continue  # one core: nothing to run in parallel
+        if any(p.get("sequence_multiple") for _, p in filled) and padding_problem(
+                artifact.inputs):
+            continue  # padding needs [batch, sequence] inputs and an attention mask
         recipes.append((name, filled))
     return recipes
 

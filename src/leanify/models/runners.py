@@ -258,7 +258,8 @@ class OpenVINORunner(Runner):
             return self._infer(self._compiled(-1, 0, streams), batch)
         n = next(iter(batch.values())).shape[1]
         length = -(-n // self.multiple) * self.multiple
-        padded = {k: np.pad(v, ((0, 0), (0, length - n))) for k, v in batch.items()}
+        padded = {k: np.pad(v, ((0, 0), (0, length - n))) for k, v in batch.items()} \
+            if length != n else batch
         out = self._infer(self._compiled(1 if rows == 1 else -1, length, streams), padded)
         for i in self.per_token:
             name = self.output_names[i]

@@ -202,21 +202,28 @@ class OpenVINORunner(Runner):
                           and len(o.get_partial_shape()) >= 2
                           and o.get_partial_shape()[1].is_dynamic]
         self.compiled: dict[tuple[int, int, int], tuple[Any, Any, list[Any]]] = {}
-        # compiled now: errors come early, the settings in effect are read back
-        compiled = self._compiled(-1, self.multiple, 0)[0]
+        # compiled now: errors come early, the settings in effect are read back. With padding
+        # this probe is dropped, as a service would never compile it: shapes compile when used.
+        probe = self._compile(-1, self.multiple, 0)
+        compiled = probe[0]
+        if not self.multiple:
+            self.compiled[-1, 0, 0] = probe
         self.precision = precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
         self.hint = str(compiled.get_property("PERFORMANCE_HINT")).rsplit(".", 1)[-1]
         self.streams = int(compiled.get_property("NUM_STREAMS"))
         self.num_threads = int(compiled.get_property("INFERENCE_NUM_THREADS"))
-        self.outputs = list(compiled.outputs)
-        self.output_names = [o.get_any_name() for o in self.outputs]
+        self.output_names = [o.get_any_name() for o in compiled.outputs]
 
     def _compiled(self, rows: int, length: int, streams: int) -> tuple[Any, Any, list[Any]]:
+        """The compiled model for a shape and stream count, compiled on first use."""
+        key = (rows, length, streams)
+        if key not in self.compiled:
+            self.compiled[key] = self._compile(rows, length, streams)
+        return self.compiled[key]
+
+    def _compile(self, rows: int, length: int, streams: int) -> tuple[Any, Any, list[Any]]:
         """(compiled model, request, one request per stream) for a shape (-1 rows or 0 length:
         dynamic) and a stream count (0: the artifact's settings)."""
-        key = (rows, length, streams)
-        if key in self.compiled:
-            return self.compiled[key]
         from leanify.models.openvino_ir import _ov_reason, ov_properties
 
         model = self.model
@@ -238,8 +245,7 @@ class OpenVINORunner(Runner):
         # One request per stream; no Python callbacks (they need the GIL on OpenVINO's threads).
         parallel = [compiled.create_infer_request() for _ in range(streams)] \
             if streams > 1 else []
-        self.compiled[key] = (compiled, compiled.create_infer_request(), parallel)
-        return self.compiled[key]
+        return compiled, compiled.create_infer_request(), parallel
 
     @property
     def details(self) -> dict[str, Any]:

@@ -11,9 +11,9 @@ sentences. Then
   rounds interleaved; the peer is the baseline, so the ratios come from one sitting), each
   runtime with the settings it ships with (the peer: optimum-intel's LATENCY hint and
   OpenVINO's default inference precision, bf16 on CPUs that have it);
-- every model is scored on STS-B test by an independent scorer in a fresh process (plain
-  openvino / onnxruntime + tokenizers, no leanify): Spearman x100 of the cosine of mean-pooled
-  embeddings, max_length 128 (fp32 reference: 82.03).
+- every model is scored on STS-B test by the independent scorer of quantize_vs_optimum.py in
+  a fresh process (plain openvino / onnxruntime + tokenizers, no leanify): Spearman x100 of the
+  cosine of mean-pooled embeddings, max_length 128 (fp32 reference: 82.03).
 
     python benchmarks/openvino_vs_peer.py --peer-python PEER/bin/python
     python benchmarks/openvino_vs_peer.py --peer-python PY --leanify-run out/minilm
@@ -179,99 +179,6 @@ def build_peer(python: str, work: Path, texts: list[str]) -> Path:
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
-# --- independent STS-B scorer (no leanify) ---------------------------------------------------
-
-SCORER = r"""
-import csv, json, sys
-from pathlib import Path
-import numpy as np
-from tokenizers import Tokenizer
-
-model, tok_dir, test, threads = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-left, right, gold = [], [], []
-with open(test, encoding="utf-8", newline="") as fh:
-    for row in csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE):
-        if len(row) >= 7:
-            gold.append(float(row[4])); left.append(row[5]); right.append(row[6])
-tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
-tok.enable_truncation(max_length=128)
-tok.enable_padding(pad_id=0, pad_token="[PAD]")
-sidecar = model.parent / "leanify_model.json"
-settings = json.loads(sidecar.read_text()).get("runtime", {}) if sidecar.is_file() else {}
-if model.suffix == ".xml":
-    import openvino as ov
-    config = {"PERFORMANCE_HINT": settings.get("performance_hint", "LATENCY"),
-              "INFERENCE_NUM_THREADS": threads}
-    if settings.get("inference_precision"):
-        config["INFERENCE_PRECISION_HINT"] = settings["inference_precision"]
-    core = ov.Core()
-    ir = core.read_model(str(model))
-    compiled = core.compile_model(ir, "CPU", config)
-    multiple = settings.get("sequence_multiple")
-    if multiple:  # padded (masked) to a multiple, one static shape per length, as leanify runs
-        cache = {}
-        def run(feed):
-            rows, n = feed["attention_mask"].shape
-            shape = (1 if rows == 1 else -1, -(-n // multiple) * multiple)
-            if shape not in cache:
-                shaped = ir.clone()
-                shaped.reshape({p.get_any_name(): list(shape) for p in shaped.inputs})
-                cache[shape] = core.compile_model(shaped, "CPU", config)
-            c, length = cache[shape], shape[1]
-            return c({k: np.pad(v, ((0, 0), (0, length - n))) for k, v in feed.items()})[
-                c.output(0)][:, :n]
-    else:
-        run = lambda feed: compiled(feed)[compiled.output(0)]
-    wanted = {i.get_any_name() for i in ir.inputs}
-    ran = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-else:
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-    wanted = {i.name for i in session.get_inputs()}
-    run = lambda feed: session.run(None, feed)[0]
-    ran = "onnxruntime"
-
-def embed(texts):
-    out = []
-    for i in range(0, len(texts), 64):
-        enc = tok.encode_batch(texts[i:i + 64])
-        mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
-        feed = {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
-                "attention_mask": mask,
-                "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64)}
-        hidden = np.asarray(run({k: v for k, v in feed.items() if k in wanted}), np.float32)
-        w = mask[..., None].astype(np.float32)
-        out.append((hidden * w).sum(1) / np.maximum(w.sum(1), 1e-9))
-    return np.concatenate(out)
-
-a, b = embed(left), embed(right)
-cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-
-def ranks(x):
-    order = np.argsort(x, kind="mergesort"); r = np.empty(len(x)); r[order] = np.arange(len(x))
-    for v in np.unique(x):
-        tied = x == v
-        if tied.sum() > 1:
-            r[tied] = r[tied].mean()
-    return r
-
-print(json.dumps({"spearman": 100 * float(np.corrcoef(ranks(cos), ranks(np.array(gold)))[0, 1]),
-                  "ran_as": ran}))
-"""
-
-
-def score(model: Path, tokenizer_dir: Path, threads: int) -> dict:
-    proc = subprocess.run(
-        [sys.executable, "-c", SCORER, str(model), str(tokenizer_dir), str(STSB_TEST),
-         str(threads)], capture_output=True, text=True, check=False,
-        env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": ""})
-    if proc.returncode != 0:
-        sys.exit(f"scoring {model} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 # --- main ------------------------------------------------------------------------------------
 
 
@@ -299,6 +206,8 @@ def main() -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(ROOT / "src"))
+    from quantize_vs_optimum import stsb_in_child  # the independent scorer (no leanify)
+
     import leanify
     from leanify.measure.bench import BenchSettings, bench
 
@@ -344,11 +253,11 @@ def main() -> int:
           f"(load average {os.getloadavg()[0]:.2f})", flush=True)
     record = bench(models, BenchSettings(batch_sizes=[1, 32], seq_lens=[128],
                                          rounds=args.rounds, threads=args.threads))
-    scores: dict[str, dict] = {}
+    scores: dict[str, float] = {}
     tokenizer_dir = Path(leanify.load("minilm").path)
     if not args.no_stsb:
         for model in models:
-            scores[model.name] = score(model.path, tokenizer_dir, args.threads)
+            scores[model.name] = stsb_in_child(model.path, tokenizer_dir, args.threads)
 
     base = record["results"][0]["model"]
     best = {(r["model"], r["batch_size"]): min(r["round_p50_ms"]) for r in record["results"]}
@@ -371,7 +280,7 @@ def main() -> int:
         entry[f"best_speed_bs{bs}"] = best[(base, bs)] / best[(row["model"], bs)]
     verdicts = []
     for name, e in rows.items():
-        s = scores.get(name, {}).get("spearman")
+        s = scores.get(name)
         print(f"{name:30s} {ran.get(name, ''):>5s} {e['p50_bs1']:11.2f} {e['p50_bs32']:12.1f} "
               f"{e['speed_bs1']:9.3f}x {e['speed_bs32']:10.3f}x "
               f"{e['best_speed_bs1']:7.3f}/{e['best_speed_bs32']:6.3f}x  "

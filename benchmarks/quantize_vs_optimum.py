@@ -151,19 +151,55 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def embed_onnx(model: Path, tokenizer_dir: Path, texts: list[str], threads: int,
-               batch_size: int = 64, max_length: int = 128) -> np.ndarray:
-    import onnxruntime as ort
+def open_model(model: Path, threads: int):
+    """(input names, run(feed) -> first output) with plain onnxruntime or openvino. An IR runs
+    with the settings in its leanify sidecar (precision, hint; `sequence_multiple`: padded to a
+    multiple, one static shape per length), so it is scored the way leanify ran it."""
+    if model.suffix != ".xml":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+        return {i.name for i in session.get_inputs()}, lambda feed: session.run(None, feed)[0]
+    import openvino as ov
+
+    sidecar = model.parent / "leanify_model.json"
+    settings = json.loads(sidecar.read_text()).get("runtime", {}) if sidecar.is_file() else {}
+    config = {"PERFORMANCE_HINT": settings.get("performance_hint", "LATENCY"),
+              "INFERENCE_NUM_THREADS": threads}
+    if settings.get("inference_precision"):
+        config["INFERENCE_PRECISION_HINT"] = settings["inference_precision"]
+    core = ov.Core()
+    ir = core.read_model(str(model))
+    multiple = settings.get("sequence_multiple") or 0
+    cache: dict[tuple[int, int], object] = {}
+
+    def run(feed):
+        rows, n = feed["attention_mask"].shape
+        shape = (1 if rows == 1 else -1, -(-n // multiple) * multiple) if multiple else (-1, 0)
+        if shape not in cache:
+            shaped = ir.clone()
+            if multiple:
+                shaped.reshape({p.get_any_name(): list(shape) for p in shaped.inputs})
+            cache[shape] = core.compile_model(shaped, "CPU", config)
+        compiled, pad = cache[shape], max(shape[1] - n, 0)
+        return compiled({k: np.pad(v, ((0, 0), (0, pad))) for k, v in feed.items()})[
+            compiled.output(0)][:, :n]
+
+    return {i.get_any_name() for i in ir.inputs}, run
+
+
+def embed_model(model: Path, tokenizer_dir: Path, texts: list[str], threads: int,
+                batch_size: int = 64, max_length: int = 128) -> np.ndarray:
+    """Mean-pooled (attention-masked) embeddings of `texts` from an ONNX model or an IR."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     tok.enable_truncation(max_length=max_length)
     tok.enable_padding(pad_id=0, pad_token="[PAD]")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-    wanted = {i.name for i in session.get_inputs()}
+    wanted, run = open_model(model, threads)
     out = []
     for start in range(0, len(texts), batch_size):
         enc = tok.encode_batch(texts[start:start + batch_size])
@@ -171,7 +207,7 @@ def embed_onnx(model: Path, tokenizer_dir: Path, texts: list[str], threads: int,
         feed = {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
                 "attention_mask": mask,
                 "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64)}
-        hidden = session.run(None, {k: v for k, v in feed.items() if k in wanted})[0]
+        hidden = np.asarray(run({k: v for k, v in feed.items() if k in wanted}), np.float32)
         weights = mask[..., None].astype(np.float32)
         out.append((hidden * weights).sum(1) / np.maximum(weights.sum(1), 1e-9))
     return np.concatenate(out)
@@ -179,7 +215,7 @@ def embed_onnx(model: Path, tokenizer_dir: Path, texts: list[str], threads: int,
 
 def stsb_spearman(model: Path, tokenizer_dir: Path, threads: int) -> float:
     left, right, gold = read_stsb()
-    emb = embed_onnx(model, tokenizer_dir, left + right, threads)
+    emb = embed_model(model, tokenizer_dir, left + right, threads)
     a, b = emb[: len(left)], emb[len(left):]
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
     return 100 * spearman(cos, gold)

@@ -101,14 +101,12 @@ def torch_profile(run: Callable[[], Any], model: Any, iters: int, trace: str | N
     ops: dict[str, float] = {}
     op_calls: dict[str, int] = {}
     layers: dict[str, float] = {}
-    layer_calls: dict[str, int] = {}
     total_us = 0.0
     for evt in prof.key_averages():
         if evt.key == "leanify::run":
             total_us = evt.cpu_time_total
         elif evt.key.startswith("layer::"):
             layers[evt.key[7:]] = evt.cpu_time_total
-            layer_calls[evt.key[7:]] = evt.count
         elif evt.key.startswith("aten::") and evt.self_cpu_time_total > 0:
             ops[evt.key] = evt.self_cpu_time_total
             op_calls[evt.key] = evt.count
@@ -116,17 +114,7 @@ def torch_profile(run: Callable[[], Any], model: Any, iters: int, trace: str | N
         tmp = Path(trace).with_name(f".{Path(trace).name}.partial")
         prof.export_chrome_trace(str(tmp))
         os.replace(tmp, trace)
-    layer_rows = [{"name": n, "ms_per_run": round(us / 1000.0 / iters, 4),
-                   "share": round(us / total_us, 4) if total_us else None}
-                  for n, us in layers.items()]
-    return {
-        "profiler": "torch.profiler",
-        "runs": iters,
-        "ms_per_run": round(total_us / 1000.0 / iters, 4),
-        "operators": _summary(ops, op_calls, iters, top),
-        "layers": sorted(layer_rows, key=lambda r: layer_sort_key(r["name"])),
-        "trace": trace,
-    }
+    return _record("torch.profiler", iters, total_us, ops, op_calls, layers, top, trace)
 
 
 # --- ONNX Runtime --------------------------------------------------------------------------
@@ -187,14 +175,21 @@ def ort_profile(path: str | Path, batch: Mapping[str, np.ndarray], threads: int 
             os.replace(tmp, trace)
     finally:
         shutil.rmtree(Path(file).parent, ignore_errors=True)
-    layer_rows = [{"name": k, "ms_per_run": round(v / 1000.0 / n, 4),
-                   "share": round(v / total_us, 4) if total_us else None}
-                  for k, v in layers.items()]
+    return _record("onnxruntime", n, total_us, ops, op_calls, layers, top, trace)
+
+
+def _record(profiler: str, runs: int, total_us: float, ops: dict[str, float],
+            op_calls: dict[str, int], layers: dict[str, float], top: int,
+            trace: str | None) -> dict[str, Any]:
+    """One profile record for every runtime: per-run time, top operators, time per block."""
+    layer_rows = [{"name": k, "ms_per_run": round(us / 1000.0 / runs, 4),
+                   "share": round(us / total_us, 4) if total_us else None}
+                  for k, us in layers.items()]
     return {
-        "profiler": "onnxruntime",
-        "runs": n,
-        "ms_per_run": round(total_us / 1000.0 / n, 4),
-        "operators": _summary(ops, op_calls, n, top),
+        "profiler": profiler,
+        "runs": runs,
+        "ms_per_run": round(total_us / 1000.0 / runs, 4),
+        "operators": _summary(ops, op_calls, runs, top),
         "layers": sorted(layer_rows, key=lambda r: layer_sort_key(r["name"])),
         "trace": trace,
     }

@@ -15,11 +15,11 @@ if TYPE_CHECKING:
     from leanify.measure.bench import bench
     from leanify.models.artifact import Artifact
     from leanify.models.load import load
-    from leanify.models.runners import open_runner
+    from leanify.runtimes import open_runner
 
 _LAZY = {
     "load": "leanify.models.load",
-    "open_runner": "leanify.models.runners",
+    "open_runner": "leanify.runtimes",
     "Artifact": "leanify.models.artifact",
     "LeanifyError": "leanify.errors",
     "bench": "leanify.measure.bench",

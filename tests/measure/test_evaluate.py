@@ -297,7 +297,7 @@ def test_pooling_modes_follow_the_mask():
 
 
 def test_embed_normalises_per_meta(tiny_hf):
-    from leanify.models.runners import open_runner
+    from leanify.runtimes import open_runner
 
     artifact = leanify.load(tiny_hf)
     texts = ["a short one", "a much longer sentence with many more words in it", "mid"]

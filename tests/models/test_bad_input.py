@@ -26,7 +26,7 @@ import pytest
 from leanify.errors import LeanifyError
 from leanify.models.inputs import InputBuilder
 from leanify.models.load import load
-from leanify.models.runners import open_runner
+from leanify.runtimes import open_runner
 
 MODEL_INPUTS = "input_ids, attention_mask, token_type_ids"
 BENCH_ARGS = ["--rounds", "1", "--min-iters", "1", "--min-time", "0", "--warmup", "0",

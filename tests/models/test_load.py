@@ -17,7 +17,7 @@ from leanify.errors import LeanifyError
 from leanify.models.artifact import Artifact
 from leanify.models.inputs import InputBuilder
 from leanify.models.load import load
-from leanify.models.runners import open_runner
+from leanify.runtimes import open_runner
 
 TEXT_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")

@@ -13,7 +13,7 @@ import leanify.passes.export_onnx as export_onnx_module
 from leanify.errors import LeanifyError
 from leanify.models.inputs import InputBuilder
 from leanify.models.load import SIDECAR, load
-from leanify.models.runners import open_runner
+from leanify.runtimes import open_runner
 from leanify.passes.registry import PassContext, apply, make_config
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
@@ -146,12 +146,12 @@ def test_export_onnx_bad_exporter(tiny_hf, ctx):
 
 
 def test_export_onnx_tolerance_is_enforced(tiny_hf, ctx, monkeypatch):
-    real = export_onnx_module.run_ort
+    real = export_onnx_module.run_once
 
     def off_by_a_bit(*args, **kwargs):  # an export whose numbers moved by 1e-3
         return {k: v + 1e-3 for k, v in real(*args, **kwargs).items()}
 
-    monkeypatch.setattr(export_onnx_module, "run_ort", off_by_a_bit)
+    monkeypatch.setattr(export_onnx_module, "run_once", off_by_a_bit)
     with pytest.raises(LeanifyError, match="disagrees with its source"):
         apply(load(tiny_hf), make_config("export-onnx"), ctx)
     assert not list((ctx.work_dir / "artifacts").glob("*")), "a failed check left a folder"

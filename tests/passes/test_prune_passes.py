@@ -12,7 +12,7 @@ import torch
 
 from leanify.errors import LeanifyError
 from leanify.models.load import SIDECAR, load
-from leanify.models.runners import open_runner
+from leanify.runtimes import open_runner
 from leanify.passes.registry import PassContext, apply, available, make_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "prune"))

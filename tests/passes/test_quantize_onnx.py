@@ -11,7 +11,7 @@ import pytest
 from leanify.errors import LeanifyError
 from leanify.models.inputs import InputBuilder, bundled_texts
 from leanify.models.load import SIDECAR, load
-from leanify.models.runners import open_runner
+from leanify.runtimes import open_runner
 from leanify.passes.quantize_onnx import resolve_reduce_range
 from leanify.passes.registry import PassContext, apply, make_config
 

@@ -9,7 +9,7 @@ from prune_models import dead_neuron_mlp, resnetish
 
 from leanify.errors import LeanifyError
 from leanify.models.load import load
-from leanify.models.runners import open_runner
+from leanify.runtimes import open_runner
 from leanify.prune import load_pruned, prune_channels, save_pruned
 from leanify.prune.flops import count_macs
 

@@ -91,7 +91,7 @@ def run_snippet(code: str, cwd: Path) -> np.ndarray:
 
 def leanify_embeddings(model_file: Path) -> np.ndarray:
     from leanify.measure.evaluate import embed
-    from leanify.models.runners import open_runner
+    from leanify.runtimes import open_runner
 
     art = load(model_file)
     runner = open_runner(art, threads=2)
@@ -120,7 +120,7 @@ def test_snippet_reproduces_leanify_outputs_in_a_fresh_process(tiny_hf, tmp_path
     out = tmp_path / "run"
     shutil.copytree(art.path.parent, out / "model")
     model_file = out / "model" / art.path.name
-    from leanify.models.runners import open_runner
+    from leanify.runtimes import open_runner
 
     runner = open_runner(load(model_file), threads=2)
     ran = runner.details

@@ -84,7 +84,7 @@ def _weights(out: dict[str, Any], sections: Sections, matrices: dict[str, np.nda
 def torch_probe(req: dict[str, Any]) -> dict[str, Any]:
     from leanify.diagnose import inventory, profile, redundancy
     from leanify.diagnose.common import weight_matrices
-    from leanify.models.runners import open_runner
+    from leanify.runtimes import open_runner
 
     sections = Sections()
     out = sections.out
@@ -146,7 +146,7 @@ def torch_probe(req: dict[str, Any]) -> dict[str, Any]:
 def onnx_probe(req: dict[str, Any]) -> dict[str, Any]:
     from leanify.diagnose import inventory, profile, sensitivity
     from leanify.diagnose.common import weight_matrices
-    from leanify.passes.export_onnx import run_ort
+    from leanify.runtimes.onnxruntime import run_once
 
     sections = Sections()
     out = sections.out
@@ -158,7 +158,7 @@ def onnx_probe(req: dict[str, Any]) -> dict[str, Any]:
         inv: dict[str, Any] = {}
         out["inventory"] = inv
         with sections.run("signature"):
-            inv["outputs"] = inventory.outputs_of(run_ort(artifact.path, batch, threads))
+            inv["outputs"] = inventory.outputs_of(run_once(artifact.path, batch, threads))
             inv["dtypes"] = inventory.onnx_dtypes(artifact.path)
         counted: dict[str, Any] = {"per_module": {}}
         with sections.run("flops"):

@@ -49,7 +49,7 @@ def groups(model: Any) -> dict[str, list[str]]:
 
 def _error(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray],
            mask: np.ndarray | None) -> tuple[float, float]:
-    from leanify.passes.export_onnx import mean_cosine
+    from leanify.passes.common import mean_cosine
 
     cosine = mean_cosine(ref, got, mask)
     num = den = 0.0
@@ -69,8 +69,8 @@ def per_layer(path: str | Path, batch: Mapping[str, np.ndarray], threads: int | 
     require("onnxruntime", "onnx", "Quantization sensitivity")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from leanify.passes.export_onnx import run_ort
     from leanify.passes.quantize_onnx import VNNI_FLAGS, _Quiet
+    from leanify.runtimes.onnxruntime import run_once
 
     model = onnx.load(str(path), load_external_data=False)
     unnamed = [n for n in model.graph.node if n.op_type in OPS and not n.name]
@@ -84,7 +84,7 @@ def per_layer(path: str | Path, batch: Mapping[str, np.ndarray], threads: int | 
     found = groups(model)
     if not found:
         return {"layers": [], "reason": "the graph has no MatMul or Conv with constant weights"}
-    ref = run_ort(Path(path), batch, threads)
+    ref = run_once(Path(path), batch, threads)
     mask = batch.get("attention_mask")
     rows = []
     with tempfile.TemporaryDirectory(prefix="leanify-sensitivity-") as scratch:
@@ -98,7 +98,7 @@ def per_layer(path: str | Path, batch: Mapping[str, np.ndarray], threads: int | 
                     weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT,
                                    "MatMulConstBOnly": True})
-            cosine, rel = _error(ref, run_ort(target, batch, threads), mask)
+            cosine, rel = _error(ref, run_once(target, batch, threads), mask)
             rows.append({"layer": name, "nodes": len(nodes), "cosine": round(cosine, 6),
                          "relative_error": round(rel, 6)})
     layers = [r for r in rows if r["layer"] != "all layers"]

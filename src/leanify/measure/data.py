@@ -26,10 +26,6 @@ import numpy as np
 from leanify.errors import LeanifyError
 from leanify.models.inputs import load_tokenizer
 
-TASKS = ("embedding-similarity", "text-classification", "fidelity")
-# Fewest rows each task can score: Spearman needs 3 pairs to be meaningful at all.
-MIN_ROWS = {"embedding-similarity": 3, "text-classification": 1, "fidelity": 1}
-
 TEXT_COLUMNS = ("sentence", "text", "content", "review", "document", "query")
 PAIR_COLUMNS = (
     ("sentence1", "sentence2"),
@@ -53,8 +49,9 @@ _MAX_LISTED = 10
 class Dataset:
     """Rows of one evaluation file, already checked.
 
-    A row is a text (`texts`) or a sentence pair (`pairs`), with a gold `score` (similarity) or
-    a `label` (classification; kept as the string read, mapped to the model's classes later).
+    A row is a text (`texts`), a sentence pair (`pairs`) or one model call's input arrays
+    (`arrays`: {input name: array}), with a gold `score` (similarity) or a `label`
+    (classification; kept as the string read, mapped to the model's classes later).
     For a pair file read for `fidelity`, `pairs` holds the rows and `texts` every sentence
     (sentence1, sentence2 of row 0, then of row 1, ...). `lines` gives each row's line number
     (or row number for JSONL/Parquet) in the file, for messages.
@@ -67,10 +64,13 @@ class Dataset:
     scores: list[float] | None = None
     labels: list[str] | None = None
     lines: list[int] | None = None
+    arrays: list[dict[str, np.ndarray]] | None = None
 
     def __len__(self) -> int:
         if self.pairs is not None:
             return len(self.pairs)
+        if self.arrays is not None:
+            return len(self.arrays)
         return len(self.texts) if self.texts is not None else 0
 
     def subset(self, indices: Sequence[int]) -> Dataset:
@@ -90,7 +90,7 @@ class Dataset:
         else:
             texts = pick(self.texts)
         return Dataset(self.path, self.task, texts, pairs, pick(self.scores), pick(self.labels),
-                       pick(self.lines))
+                       pick(self.lines), pick(self.arrays))
 
     def all_texts(self) -> list[str]:
         """Every text the rows hold, both sentences of a pair included, in row order."""
@@ -115,42 +115,54 @@ def read_dataset(
     label_col: str | None = None,
     score_col: str | None = None,
 ) -> Dataset:
-    """Read and check an evaluation file for `task` (one of TASKS).
+    """Read and check an evaluation file for `task` (a name from leanify.tasks).
 
     Default columns: `sentence1`/`sentence2` + `score` for embedding-similarity; `sentence`
     (or `text`) + `label` for text-classification; for fidelity a text column, or both
-    sentences of a pair file. Name other columns with text_col, pair_cols, label_col, score_col.
+    sentences of a pair file, or arrays (.npz files). Name other columns with text_col,
+    pair_cols, label_col, score_col.
     """
-    if task not in TASKS:
-        raise LeanifyError(f"unknown evaluation task '{task}'.",
-                           fix=f"Use one of: {', '.join(TASKS)}.")
+    from leanify import tasks
+
     if pair_cols is not None and (isinstance(pair_cols, str) or len(pair_cols) != 2):
         raise LeanifyError(f"pair_cols must name two columns, got {pair_cols!r}.",
                            fix="Give the two sentence columns, e.g. sentence1,sentence2.")
+    columns = tasks.Columns(text=text_col, pair=tuple(pair_cols) if pair_cols else None,
+                            label=label_col, score=score_col)
+    return tasks.get(task).read(path, columns)
+
+
+def check_file(path: str | Path, suffixes: Sequence[str] = SUFFIXES) -> Path:
+    """The data file exists, is a file and is not empty."""
     path = Path(path).expanduser()
     if not path.exists():
         raise LeanifyError("dataset file not found.", path=path,
                            fix="Check the path to the evaluation data.")
     if path.is_dir():
         raise LeanifyError("is a folder, not a dataset file.", path=path,
-                           fix=f"Point at one file ({', '.join(SUFFIXES)}).")
+                           fix=f"Point at one file ({', '.join(suffixes)}).")
     if path.stat().st_size == 0:
         raise LeanifyError("dataset file is empty.", path=path,
                            fix="Give a file with at least one row of data.")
+    return path
 
-    columns, rows = _read_rows(path, task)
+
+def read_rows(path: str | Path, *, plain_text: bool = False
+              ) -> tuple[Path, list[str], list[Row]]:
+    """(path, column names, rows) of a data file; `plain_text` lets a .txt file be one text
+    per line."""
+    path = check_file(path)
+    columns, rows = _read_rows(path, plain_text)
     if not rows:
         raise LeanifyError("holds a header but no rows of data.", path=path,
                            fix="Add rows below the header.")
-    dataset = _extract(path, task, columns, rows, text_col, pair_cols, label_col, score_col)
-    _check_size(dataset)
-    return dataset
+    return path, columns, rows
 
 
 Row = tuple[int, dict[str, Any]]  # (line or row number, values by column)
 
 
-def _read_rows(path: Path, task: str) -> tuple[list[str], list[Row]]:
+def _read_rows(path: Path, plain_text: bool) -> tuple[list[str], list[Row]]:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return _read_parquet(path)
@@ -166,9 +178,9 @@ def _read_rows(path: Path, task: str) -> tuple[list[str], list[Row]]:
     if _is_sts(path, text):
         return _read_sts(path, text)
     if suffix == ".txt":
-        if task != "fidelity":
+        if not plain_text:
             raise LeanifyError(
-                f"a plain .txt file holds texts only; task '{task}' needs columns.",
+                "a plain .txt file holds texts only; this task needs columns.",
                 path=path, fix="Give a CSV, TSV, JSONL or Parquet file with a header.",
             )
         return ["text"], [
@@ -319,7 +331,7 @@ def _where(path: Path, n: int) -> str:
     return f"{kind} {n}"
 
 
-def _missing_columns(path: Path, what: str, looked_for: Sequence[str], columns: Sequence[str],
+def missing_column(path: Path, what: str, looked_for: Sequence[str], columns: Sequence[str],
                      option: str) -> LeanifyError:
     return LeanifyError(
         f"has no {what} column (looked for {', '.join(looked_for)}); columns found: "
@@ -329,7 +341,8 @@ def _missing_columns(path: Path, what: str, looked_for: Sequence[str], columns: 
     )
 
 
-def _column(columns: Sequence[str], wanted: str | None, defaults: Sequence[str]) -> str | None:
+def find_column(columns: Sequence[str], wanted: str | None,
+                defaults: Sequence[str]) -> str | None:
     """The column to use: the one asked for, else the first default present (exact, then
     case-insensitive)."""
     candidates = [wanted] if wanted else list(defaults)
@@ -343,16 +356,17 @@ def _column(columns: Sequence[str], wanted: str | None, defaults: Sequence[str])
     return None
 
 
-def _pair_columns(columns: Sequence[str], wanted: Sequence[str] | None) -> tuple[str, str] | None:
+def find_pair_columns(columns: Sequence[str],
+                      wanted: Sequence[str] | None) -> tuple[str, str] | None:
     options = [tuple(wanted)] if wanted else list(PAIR_COLUMNS)
     for a, b in options:
-        ca, cb = _column(columns, a, ()), _column(columns, b, ())
+        ca, cb = find_column(columns, a, ()), find_column(columns, b, ())
         if ca is not None and cb is not None:
             return ca, cb
     return None
 
 
-def _text(path: Path, n: int, row: dict, col: str) -> str:
+def row_text(path: Path, n: int, row: dict, col: str) -> str:
     if col not in row:
         raise LeanifyError(f"{_where(path, n)} has no '{col}' field.", path=path,
                            fix=f"Give every row a '{col}'.")
@@ -370,7 +384,7 @@ def _text(path: Path, n: int, row: dict, col: str) -> str:
     return value
 
 
-def _score(path: Path, n: int, row: dict, col: str) -> float:
+def row_score(path: Path, n: int, row: dict, col: str) -> float:
     if col not in row:
         raise LeanifyError(f"{_where(path, n)} has no '{col}' field.", path=path,
                            fix=f"Give every row a numeric '{col}'.")
@@ -389,7 +403,7 @@ def _score(path: Path, n: int, row: dict, col: str) -> float:
     return score
 
 
-def _label(path: Path, n: int, row: dict, col: str) -> str:
+def row_label(path: Path, n: int, row: dict, col: str) -> str:
     if col not in row:
         raise LeanifyError(f"{_where(path, n)} has no '{col}' field.", path=path,
                            fix=f"Give every row a '{col}'.")
@@ -406,66 +420,6 @@ def _label(path: Path, n: int, row: dict, col: str) -> str:
         raise LeanifyError(f"{_where(path, n)} has an empty label in column '{col}'.",
                            path=path, fix="Give every row a label, or drop the row.")
     return text
-
-
-def _extract(path: Path, task: str, columns: list[str], rows: list[Row], text_col: str | None,
-             pair_cols: Sequence[str] | None, label_col: str | None,
-             score_col: str | None) -> Dataset:
-    lines = [n for n, _ in rows]
-    if task == "embedding-similarity":
-        pc = _pair_columns(columns, pair_cols)
-        if pc is None:
-            looked = [" + ".join(p) for p in ([tuple(pair_cols)] if pair_cols else PAIR_COLUMNS)]
-            raise _missing_columns(path, "sentence-pair", looked, columns, "pair_cols")
-        sc = _column(columns, score_col, SCORE_COLUMNS)
-        if sc is None:
-            raise _missing_columns(path, "gold score", [score_col] if score_col else
-                                   SCORE_COLUMNS, columns, "score_col")
-        pairs = [(_text(path, n, r, pc[0]), _text(path, n, r, pc[1])) for n, r in rows]
-        scores = [_score(path, n, r, sc) for n, r in rows]
-        return Dataset(path, task, pairs=pairs, scores=scores, lines=lines)
-
-    if task == "text-classification":
-        tc = _column(columns, text_col, TEXT_COLUMNS)
-        if tc is None:
-            raise _missing_columns(path, "text", [text_col] if text_col else TEXT_COLUMNS,
-                                   columns, "text_col")
-        lc = _column(columns, label_col, LABEL_COLUMNS)
-        if lc is None:
-            raise _missing_columns(path, "label", [label_col] if label_col else LABEL_COLUMNS,
-                                   columns, "label_col")
-        texts = [_text(path, n, r, tc) for n, r in rows]
-        labels = [_label(path, n, r, lc) for n, r in rows]
-        return Dataset(path, task, texts=texts, labels=labels, lines=lines)
-
-    # fidelity: texts only; a pair file gives both sentences of every row.
-    tc = _column(columns, text_col, TEXT_COLUMNS) if not pair_cols else None
-    if tc is not None:
-        return Dataset(path, task, texts=[_text(path, n, r, tc) for n, r in rows], lines=lines)
-    pc = None if text_col else _pair_columns(columns, pair_cols)
-    if pc is None:
-        looked = [text_col] if text_col else [*TEXT_COLUMNS, *(" + ".join(p) for p in
-                                                               PAIR_COLUMNS)]
-        if pair_cols:
-            looked = [" + ".join(pair_cols)]
-        raise _missing_columns(path, "text", looked, columns, "text_col or pair_cols")
-    pairs = [(_text(path, n, r, pc[0]), _text(path, n, r, pc[1])) for n, r in rows]
-    return Dataset(path, task, texts=_flatten(pairs), pairs=pairs, lines=lines)
-
-
-def _check_size(dataset: Dataset) -> None:
-    need = MIN_ROWS[dataset.task]
-    if len(dataset) < need:
-        what = "sentence pairs" if dataset.task == "embedding-similarity" else "rows"
-        raise LeanifyError(
-            f"holds {len(dataset)} {what}; task '{dataset.task}' needs at least {need}.",
-            path=dataset.path, fix="Give more rows (a few hundred for a stable score).",
-        )
-    if dataset.task == "embedding-similarity" and len(set(dataset.scores or [])) < 2:
-        raise LeanifyError(
-            "every gold score is the same; a rank correlation (Spearman) is undefined.",
-            path=dataset.path, fix="Give pairs with different gold scores.",
-        )
 
 
 # --- splitting -------------------------------------------------------------------------

@@ -251,7 +251,7 @@ def _outputs(runner, artifact: Artifact, texts: Sequence[str], batch_size: int,
 
 
 def _open(artifact: Artifact, threads: int | None):
-    from leanify.models.runners import open_runner
+    from leanify.runtimes import open_runner
 
     return open_runner(artifact, threads)
 

@@ -43,7 +43,7 @@ class Worker:
         trust = bool(req.get("trust_pickle"))
         from leanify.models.inputs import InputBuilder
         from leanify.models.load import load
-        from leanify.models.runners import open_runner
+        from leanify.runtimes import open_runner
 
         # Import the runtime first, so that load time excludes library import time.
         t0 = time.perf_counter()
@@ -52,7 +52,9 @@ class Worker:
         artifact = load(req["source"], tokenizer=req.get("tokenizer"), trust_pickle=trust,
                         name=req.get("name"))
         t2 = time.perf_counter()
-        _import_runtime(artifact.format)  # a no-op unless the guess was wrong
+        from leanify.runtimes import for_artifact
+
+        for_artifact(artifact).load_module()  # a no-op unless the guess was wrong
         t3 = time.perf_counter()
         rss_runtime = memory.current_rss_mb()
         self.runner = open_runner(artifact, threads, trust_pickle=trust)
@@ -130,15 +132,12 @@ def _guess_format(source: str) -> str:
 
 
 def _import_runtime(fmt: str) -> None:
-    if fmt == "onnx":
-        import onnxruntime  # noqa: F401
-    elif fmt == "openvino":
-        import openvino  # noqa: F401
-    else:
-        import torch  # noqa: F401
+    """Import the engine that runs `fmt` (its own cost, kept out of the load time)."""
+    from leanify.runtimes import default_for
 
-        if fmt == "hf":
-            import transformers  # noqa: F401
+    default_for("pt2" if fmt == "torch" else fmt).load_module()
+    if fmt == "hf":
+        import transformers  # noqa: F401
 
 
 def main() -> None:

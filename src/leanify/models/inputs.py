@@ -33,6 +33,7 @@ class InputBuilder:
         self.artifact = artifact
         self.rng = np.random.default_rng(seed)
         self.arrays: dict[str, np.ndarray] | None = None
+        self.rows, self.axes = 0, {}
         self.texts: list[str] | None = None
         self.tokenizer = None
         self.bundled = False
@@ -44,7 +45,9 @@ class InputBuilder:
                                    fix="Check the --sample path.")
             suffix = sample.suffix.lower()
             if suffix == ".npz":
-                self.arrays = _read_npz(sample, artifact)
+                self.arrays = read_npz(sample)
+                check_arrays(self.arrays, artifact, sample)
+                self.rows, self.axes = batch_axes(self.arrays, artifact)
             elif suffix in TEXT_SUFFIXES:
                 self.texts = read_texts(sample)
             else:
@@ -72,11 +75,20 @@ class InputBuilder:
             return "tokenizer"
         return "signature"
 
+    def sample_length(self) -> int | None:
+        """The length (dim 1) of the sample's first input that has one: what a measured
+        point's sequence is when the sample fixes it (e.g. 512 audio samples)."""
+        if self.arrays is None:
+            return None
+        return next((int(a.shape[1]) for k, a in self.arrays.items()
+                     if a.ndim >= 2 and self.axes.get(k) == 0), None)
+
     def batch(self, batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
         if self.arrays is not None:
-            out = {k: _take_rows(v, batch_size) for k, v in self.arrays.items()}
+            out = {k: _resize(v, self.axes[k], batch_size) if k in self.axes else v
+                   for k, v in self.arrays.items()}
             # inputs the sample lacks follow the sample's own sequence length
-            seq_len = next((a.shape[1] for a in out.values() if a.ndim >= 2), seq_len)
+            seq_len = self.sample_length() or seq_len
         elif self.tokenizer is not None:
             out = self._tokenize(batch_size, seq_len)
         else:
@@ -214,13 +226,19 @@ def _pick_text(row: dict, column: str | None, path: Path, line: int) -> str:
     return str(value).strip() if value is not None else ""
 
 
-def _read_npz(path: Path, artifact: Artifact) -> dict[str, np.ndarray]:
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file; never unpickles (object arrays are refused)."""
     try:
-        with np.load(path, allow_pickle=False) as data:  # never unpickle object arrays
-            arrays = {k: np.asarray(data[k]) for k in data.files}
-    except (ValueError, OSError) as exc:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: np.asarray(data[k]) for k in data.files}
+    except (ValueError, OSError, EOFError) as exc:
         raise LeanifyError(f"is not a readable .npz array file ({exc}).", path=path,
                            fix="Save it with numpy.savez and plain numeric arrays.") from exc
+
+
+def check_arrays(arrays: dict[str, np.ndarray], artifact: Artifact, path: Path) -> None:
+    """The arrays fit the model: known names, every required input, no empty arrays, and
+    scalars only where the model takes a scalar (e.g. an audio model's sample rate)."""
     names = artifact.input_names
     unknown = sorted(set(arrays) - set(names))
     if unknown:
@@ -236,23 +254,56 @@ def _read_npz(path: Path, artifact: Artifact) -> dict[str, np.ndarray]:
             f"lacks input(s) {', '.join(missing)} that the model needs.", path=path,
             fix="Add an array for each of them to the .npz.",
         )
-    if any(a.ndim == 0 for a in arrays.values()):
-        raise LeanifyError("holds a scalar; inputs need a batch dimension.", path=path,
-                           fix="Save arrays shaped (batch, ...).")
-    empty = sorted(k for k, a in arrays.items() if a.shape[0] == 0)
-    if empty:
-        raise LeanifyError(f"array(s) {', '.join(empty)} have no rows.", path=path,
-                           fix="Save at least one row per input.")
-    return arrays
+    specs = {s.name: s for s in artifact.inputs}
+    for name, array in arrays.items():
+        declared = specs[name].shape
+        if array.ndim == 0 and declared not in ((), None):
+            raise LeanifyError(
+                f"holds a scalar for input '{name}', which the model declares with shape "
+                f"{list(declared)}.", path=path, fix="Save that array shaped (batch, ...).")
+        if array.ndim and 0 in array.shape:
+            raise LeanifyError(f"array '{name}' is empty (shape {list(array.shape)}).",
+                               path=path, fix="Save at least one row per input.")
+
+
+def cast_to_model(arrays: dict[str, np.ndarray], artifact: Artifact) -> dict[str, np.ndarray]:
+    """Arrays in the dtypes the model declares, contiguous."""
+    return {k: _cast(v, artifact, k) for k, v in arrays.items()}
+
+
+def batch_axes(arrays: dict[str, np.ndarray], artifact: Artifact) -> tuple[int, dict[str, int]]:
+    """(rows, {input: its batch axis}) of a sample. The batch is dim 0 of the first input with
+    a dynamic first dim; in every input it is the first dynamic dim of that size (a recurrent
+    state [layers, batch, hidden] has it in dim 1). Scalars and inputs without such a dim
+    have none: they are passed as they are at every batch size."""
+    specs = {s.name: s for s in artifact.inputs}
+
+    def dynamic(name: str, axis: int) -> bool:
+        shape = specs[name].shape if name in specs else None
+        return shape is None or len(shape) != arrays[name].ndim or isinstance(shape[axis], str)
+
+    rows = next((a.shape[0] for k, a in arrays.items() if a.ndim and dynamic(k, 0)), None)
+    if rows is None:
+        return 0, {}
+    axes = {}
+    for name, array in arrays.items():
+        axis = next((i for i in range(array.ndim) if array.shape[i] == rows
+                     and dynamic(name, i)), None)
+        if axis is not None:
+            axes[name] = axis
+    return rows, axes
+
+
+def _resize(array: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """Rows repeated (or cut) along `axis` to `size`."""
+    reps = -(-size // array.shape[axis])
+    if reps > 1:
+        array = np.concatenate([array] * reps, axis=axis)
+    return np.take(array, np.arange(size), axis=axis)
 
 
 def _can_synthesize(spec: TensorSpec) -> bool:
     return spec.dtype != "unknown" and spec.shape is not None
-
-
-def _take_rows(array: np.ndarray, batch_size: int) -> np.ndarray:
-    reps = -(-batch_size // array.shape[0])
-    return np.concatenate([array] * reps)[:batch_size] if reps > 1 else array[:batch_size]
 
 
 def _from_signature(

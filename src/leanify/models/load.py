@@ -15,6 +15,14 @@ from typing import Any
 
 from leanify.errors import LeanifyError, first_line, require
 from leanify.models.artifact import Artifact, TensorSpec
+from leanify.models.files import (
+    SIDECAR,
+    TOKENIZER_FILES,
+    int_range,
+    read_json,
+    read_sidecar,
+    tokenizer_beside,
+)
 from leanify.models.safety import (
     check_safetensors,
     refuse_pickle,
@@ -28,16 +36,9 @@ SUPPORTED = (
     "(.xml + .bin), a TorchScript file (.pt/.ts), a torch.export .pt2 file, or the alias "
     "'minilm'"
 )
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 TORCH_SUFFIXES = {".pt", ".pth", ".ts", ".jit", ".torchscript", ".bin", ".ckpt"}
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-SIDECAR = "leanify_model.json"  # task, pooling, labels... written by leanify's passes
-
-
-def read_sidecar(model_file: Path) -> dict[str, Any]:
-    """Metadata leanify stored beside a model file (task, pooling, labels, lineage)."""
-    sidecar = model_file.parent / SIDECAR
-    return _read_json(sidecar) if sidecar.is_file() else {}
+__all__ = ["SIDECAR", "TOKENIZER_FILES", "int_range", "load", "read_sidecar"]
 
 
 def load(
@@ -73,9 +74,24 @@ def load(
             fix=f"Check the path. leanify loads {SUPPORTED}.",
         )
     artifact = _load_path(path.resolve(), name or label, trust_pickle)
+    _check_runtime_entry(artifact)
     if tokenizer is not None:
         artifact = _replace_meta(artifact, tokenizer=str(_tokenizer_folder(tokenizer)))
     return artifact
+
+
+def _check_runtime_entry(artifact: Artifact) -> None:
+    """The sidecar's runtime (`run_with`) and settings (`runtime`) must fit the artifact."""
+    from leanify.runtimes import check_settings, for_artifact
+
+    settings = artifact.meta.get("runtime") or {}
+    where = artifact.path.parent / SIDECAR if artifact.path else None
+    if not isinstance(settings, dict):
+        raise LeanifyError("the sidecar's 'runtime' entry should be an object.", path=where,
+                           fix="Repair the file.")
+    runtime = for_artifact(artifact)  # settings of other runtimes (carried along) are ignored
+    check_settings(runtime, {k: v for k, v in settings.items()
+                             if k in runtime.settings and v is not None}, where)
 
 
 def _tokenizer_folder(tokenizer: str | os.PathLike) -> Path:
@@ -138,18 +154,6 @@ def _load_path(path: Path, name: str, trust_pickle: bool) -> Artifact:
 # --- Hugging Face folders --------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LeanifyError(
-            f"is not valid JSON ({exc}).", path=path, fix="Repair or re-download the file."
-        ) from exc
-    if not isinstance(data, dict):
-        raise LeanifyError("should hold a JSON object.", path=path, fix="Repair the file.")
-    return data
-
-
 def _load_folder(path: Path, name: str, trust_pickle: bool) -> Artifact:
     config_file = path / "config.json"
     onnx_files = sorted(path.glob("*.onnx"))
@@ -170,7 +174,7 @@ def _load_folder(path: Path, name: str, trust_pickle: bool) -> Artifact:
             path=path,
             fix=f"leanify loads {SUPPORTED}.",
         )
-    config = _read_json(config_file)
+    config = read_json(config_file)
     if config.get("auto_map"):
         raise LeanifyError(
             "needs custom Python code from the model folder (config.json has 'auto_map'); "
@@ -253,7 +257,7 @@ def _sentence_transformers_pooling(path: Path) -> dict[str, Any] | None:
         if kind.endswith("Pooling"):
             cfg_file = path / module.get("path", "") / "config.json"
             if cfg_file.exists():
-                cfg = _read_json(cfg_file)
+                cfg = read_json(cfg_file)
                 modes = [k[len("pooling_mode_"):] for k, v in cfg.items()
                          if k.startswith("pooling_mode_") and v is True]
                 info["pooling"] = "+".join(m.replace("_tokens", "").replace("_token", "")
@@ -348,8 +352,7 @@ def _load_onnx(path: Path, name: str) -> Artifact:
         "outputs": [o.name for o in model.graph.output],
         "external_data": external,
     }
-    if any((path.parent / f).exists() for f in TOKENIZER_FILES):
-        meta["tokenizer"] = str(path.parent)
+    meta.update(tokenizer_beside(path))
     meta = {**read_sidecar(path), **meta}
     return Artifact("onnx", path, name, tuple(inputs), meta)
 
@@ -371,17 +374,6 @@ def _gather_table_sizes(model, initializers) -> dict[str, int]:
             if dims:
                 sizes.setdefault(node.input[1], int(dims[0]))
     return sizes
-
-
-def int_range(name: str, table_rows: int | None) -> tuple[int | None, int | None]:
-    """Valid values of an integer input: the embedding table's rows, or by its name."""
-    if table_rows:
-        return 0, table_rows
-    if "mask" in name:
-        return 0, 2
-    if "type" in name:
-        return 0, 1
-    return None, None
 
 
 # --- PyTorch formats -------------------------------------------------------------------
@@ -420,16 +412,27 @@ def _load_torchscript(path: Path, name: str) -> Artifact:
             path=path,
             fix="Re-save it with torch.jit.save, or export to .pt2 with torch.export.",
         ) from exc
-    args = [a.name for a in module.forward.schema.arguments[1:]]  # drop self
+    schema = module.forward.schema.arguments[1:]  # drop self
+    args = [a.name for a in schema]
     state = dict(module.state_dict())
     params = sum(int(p.numel()) for p in module.parameters()) or sum(
         int(t.numel()) for t in state.values()
     )
     meta: dict[str, Any] = {"params": params}
-    if any((path.parent / f).exists() for f in TOKENIZER_FILES):
-        meta["tokenizer"] = str(path.parent)
+    meta.update(tokenizer_beside(path))
     meta = {**read_sidecar(path), **meta}
-    return Artifact("torchscript", path, name, _torch_text_inputs(args, state), meta)
+    specs = [_scalar_spec(a.name, str(a.type)) or spec
+             for a, spec in zip(schema, _torch_text_inputs(args, state), strict=True)]
+    return Artifact("torchscript", path, name, tuple(specs), meta)
+
+
+SCALAR_TYPES = {"int": "int64", "float": "float64", "bool": "bool"}
+
+
+def _scalar_spec(name: str, kind: str) -> TensorSpec | None:
+    """A plain `int`/`float`/`bool` argument of a scripted forward: a scalar input (shape ())."""
+    dtype = SCALAR_TYPES.get(kind)
+    return TensorSpec(name, dtype, ()) if dtype else None
 
 
 def load_pt2_program(path: Path, trust_pickle: bool = False):
@@ -479,8 +482,7 @@ def _load_pt2(path: Path, name: str, trust_pickle: bool) -> Artifact:
         specs.append(TensorSpec(arg, dtype, shape, base.low, base.high))
     params = sum(int(t.numel()) for t in state.values())
     meta: dict[str, Any] = {"params": params}
-    if any((path.parent / f).exists() for f in TOKENIZER_FILES):
-        meta["tokenizer"] = str(path.parent)
+    meta.update(tokenizer_beside(path))
     meta = {**read_sidecar(path), **meta}
     return Artifact("pt2", path, name, tuple(specs), meta)
 

@@ -1,108 +1,17 @@
-"""OpenVINO IR models (`.xml` graph + `.bin` weights): loading, and runtime settings.
-
-Runtime settings live in the model's sidecar (`leanify_model.json`, key "runtime") so that a
-search can try them like any other candidate and evaluate accuracy under them:
-- OpenVINO: `inference_precision` ("f32", "bf16", "f16"), `performance_hint` ("LATENCY",
-  "THROUGHPUT"), `num_streams` (int), `sequence_multiple` (int: text inputs are padded to the
-  next multiple of it and one model is compiled per padded length, since OpenVINO runs static
-  shapes faster than dynamic ones; padding is masked, so results stay the same),
-  `batch_streams` (int: batches of several rows run split across that many streams on a
-  THROUGHPUT-compiled model; single rows keep the latency model).
-- ONNX Runtime: `intra_op_num_threads` (int), `allow_spinning` (bool),
-  `graph_optimization_level` ("disabled", "basic", "extended", "all").
-
-On CPUs with native bf16 OpenVINO runs an "fp32" IR in bf16 unless told otherwise, so the
-runner reads back the precision that the compiled model actually uses.
-"""
+"""OpenVINO IR models (`.xml` graph + `.bin` weights) as a format: finding, reading, loading
+and saving them. Running them is leanify.runtimes.openvino."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from leanify.errors import LeanifyError, first_line, require
 from leanify.models.artifact import Artifact, TensorSpec
+from leanify.models.files import int_range, read_sidecar, tokenizer_beside
 
 IR_NAMES = ("openvino_model.xml", "model.xml")
-OPENVINO_SETTINGS: dict[str, tuple[Any, ...]] = {
-    "inference_precision": ("f32", "bf16", "f16"),
-    "performance_hint": ("LATENCY", "THROUGHPUT"),
-    "num_streams": (int,),
-    "sequence_multiple": (int,),
-    "batch_streams": (int,),
-}
-ORT_SETTINGS: dict[str, tuple[Any, ...]] = {
-    "intra_op_num_threads": (int,),
-    "allow_spinning": (bool,),
-    "graph_optimization_level": ("disabled", "basic", "extended", "all"),
-}
-SETTINGS_BY_FORMAT = {"openvino": OPENVINO_SETTINGS, "onnx": ORT_SETTINGS}
 DAMAGED = "The IR is damaged or incomplete: re-export it (openvino.save_model) or re-download it."
-
-
-def check_settings(fmt: str, settings: dict[str, Any], path: Path | None = None) -> None:
-    """Refuse settings the format's runtime does not have, or values it does not take."""
-    allowed = SETTINGS_BY_FORMAT.get(fmt)
-    if allowed is None:
-        raise LeanifyError(
-            f"runtime settings apply to openvino and onnx models; this one is {fmt}.", path=path,
-            fix="Export the model to ONNX or OpenVINO first.")
-    for key, value in settings.items():
-        if key not in allowed:
-            raise LeanifyError(
-                f"'{key}' is not a runtime setting of {fmt} models.", path=path,
-                fix=f"Use {', '.join(allowed)}.")
-        choices = allowed[key]
-        if choices == (int,):
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-        elif choices == (bool,):
-            ok = isinstance(value, bool)
-        else:
-            ok = value in choices
-        if not ok:
-            want = "a positive integer" if choices == (int,) else \
-                "true or false" if choices == (bool,) else " or ".join(map(str, choices))
-            raise LeanifyError(f"runtime setting {key}={value!r} is invalid.", path=path,
-                               fix=f"Use {want}.")
-
-
-def runtime_settings(artifact: Artifact) -> dict[str, Any]:
-    """The settings in the artifact's meta that its own runtime understands."""
-    settings = artifact.meta.get("runtime") or {}
-    allowed = SETTINGS_BY_FORMAT.get(artifact.format, {})
-    return {k: v for k, v in settings.items() if k in allowed and v is not None}
-
-
-def ov_properties(settings: dict[str, Any], threads: int | None) -> dict[str, Any]:
-    """OpenVINO compile properties for `settings` and a thread budget."""
-    props: dict[str, Any] = {"PERFORMANCE_HINT": settings.get("performance_hint", "LATENCY")}
-    if threads:
-        props["INFERENCE_NUM_THREADS"] = int(threads)
-    if settings.get("inference_precision"):
-        props["INFERENCE_PRECISION_HINT"] = settings["inference_precision"]
-    if settings.get("num_streams"):
-        props["NUM_STREAMS"] = int(settings["num_streams"])
-    return props
-
-
-def padding_problem(inputs: Sequence[TensorSpec]) -> str | None:
-    """Why inputs cannot be padded along the sequence (None: they can). Padding is exact only
-    with an attention mask that hides the padded positions, and for [batch, sequence] inputs
-    whose sequence dimension is dynamic."""
-    if not any(spec.name == "attention_mask" for spec in inputs):
-        return "it has no 'attention_mask' input to hide padded positions"
-    for spec in inputs:
-        if spec.shape is None or len(spec.shape) != 2 or isinstance(spec.shape[1], int):
-            return (f"input '{spec.name}' is not [batch, sequence] with a dynamic sequence "
-                    f"(shape {list(spec.shape) if spec.shape else 'unknown'})")
-    return None
-
-
-def precision_name(value: Any) -> str:
-    """'f32' / 'bf16' / 'f16' from an openvino Type (or its string)."""
-    name = getattr(value, "get_type_name", None)
-    return name() if callable(name) else str(value)
 
 
 def find_ir(folder: Path) -> Path | None:
@@ -127,12 +36,12 @@ def read_ir(path: Path):
     try:
         return ov.Core().read_model(str(path), str(weights))
     except Exception as exc:  # OpenVINO raises RuntimeError with C++ context
-        detail = _ov_reason(exc)
+        detail = ov_reason(exc)
         raise LeanifyError(f"is not a readable OpenVINO IR ({detail}).", path=path,
                            fix=DAMAGED) from exc
 
 
-def _ov_reason(exc: BaseException) -> str:
+def ov_reason(exc: BaseException) -> str:
     """OpenVINO's messages start with a C++ location; the reason is the last non-empty line."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     reason = lines[-1] if lines else first_line(exc)
@@ -143,8 +52,6 @@ def _ov_reason(exc: BaseException) -> str:
 
 def load_openvino(path: Path, name: str) -> Artifact:
     """An `openvino` artifact: inputs from the IR, weights file listed as external data."""
-    from leanify.models.load import TOKENIZER_FILES, int_range, read_sidecar
-
     model = read_ir(path)
     vocab = _embedding_rows(model)
     inputs = []
@@ -167,15 +74,8 @@ def load_openvino(path: Path, name: str) -> Artifact:
         "outputs": [port.get_any_name() for port in model.outputs],
         "external_data": [str(path.with_suffix(".bin"))],
     }
-    if any((path.parent / f).exists() for f in TOKENIZER_FILES):
-        meta["tokenizer"] = str(path.parent)
+    meta.update(tokenizer_beside(path))
     meta = {**read_sidecar(path), **meta}
-    settings = meta.get("runtime") or {}
-    if not isinstance(settings, dict):
-        raise LeanifyError("the sidecar's 'runtime' entry should be an object.",
-                           path=path.parent / "leanify_model.json", fix="Repair the file.")
-    check_settings("openvino", {k: v for k, v in settings.items()
-                                if k in OPENVINO_SETTINGS and v is not None}, path)
     return Artifact("openvino", path, name, tuple(inputs), meta)
 
 

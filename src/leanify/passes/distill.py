@@ -15,9 +15,10 @@ from typing import Any, ClassVar
 from leanify.errors import LeanifyError, require
 from leanify.models.artifact import Artifact
 from leanify.models.load import load
-from leanify.passes.export_onnx import HIDDEN_STATE_TASKS, final_path, require_format, torch_source
+from leanify.passes.common import final_path, require_format
 from leanify.passes.prune_transformer import save_hf, torch_batches
 from leanify.passes.registry import PassConfig, PassContext, artifact_key, register
+from leanify.passes.torch_source import HIDDEN_STATE_TASKS, torch_source
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,10 @@ from typing import Any, ClassVar
 
 from leanify.errors import LeanifyError, first_line, require
 from leanify.models.artifact import Artifact
-from leanify.passes.export_onnx import (
-    ExportOnnxConfig,
-    check_agreement,
-    check_batch,
-    run_ort,
-    write_output,
-)
+from leanify.passes.common import check_agreement, check_batch, write_output
+from leanify.passes.export_onnx import ExportOnnxConfig
 from leanify.passes.registry import PassConfig, PassContext, apply, register
+from leanify.runtimes.onnxruntime import run_once
 
 IR_FILE = "openvino_model.xml"
 
@@ -35,7 +31,7 @@ def run_openvino(path: Path, batch: dict[str, Any], threads: int | None,
                  settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Outputs of an IR on a batch, compiled with `settings` (default: f32, latency)."""
     from leanify.models.load import load
-    from leanify.models.runners import OpenVINORunner
+    from leanify.runtimes.openvino import OpenVINORunner
 
     artifact = load(path)
     settings = {"inference_precision": "f32", **(settings or {})}
@@ -71,8 +67,8 @@ def export_openvino(artifact: Artifact, config: ExportOpenVINOConfig,
             f"pass '{config.name}' needs a plain ONNX graph; {artifact.name} holds ONNX "
             "Runtime's fused operators, which OpenVINO does not read.",
             path=artifact.path, fix="Convert the model from before 'ort-optimize'.")
-    batch = check_batch(artifact)
-    before = run_ort(artifact.path, batch, ctx.threads)
+    batch = check_batch(artifact, ctx)
+    before = run_once(artifact.path, batch, ctx.threads)
 
     def build(out: Path) -> tuple[str, dict[str, Any]]:
         try:

@@ -25,17 +25,15 @@ import numpy as np
 
 from leanify.errors import LeanifyError, first_line, require
 from leanify.models.artifact import Artifact
-from leanify.passes.export_onnx import (
+from leanify.passes.common import (
     CHECK_SHAPE,
-    TorchSource,
     check_agreement,
     check_batch,
-    check_source_intact,
     mean_cosine,
-    torch_source,
     write_output,
 )
 from leanify.passes.registry import PassConfig, PassContext, register
+from leanify.passes.torch_source import TorchSource, check_source_intact, torch_source
 
 PT2_FILE = "model.pt2"
 TORCHSCRIPT_FILE = "model.pt"
@@ -105,7 +103,7 @@ def run_torch(module: Any, source: TorchSource, batch: Mapping[str, np.ndarray],
     """Call `module` on a numpy batch; outputs named like the source's outputs."""
     import torch
 
-    from leanify.passes.export_onnx import _flat_outputs
+    from leanify.passes.torch_source import _flat_outputs
 
     tensors = [torch.from_numpy(np.ascontiguousarray(batch[n])) for n in source.input_names]
     with torch.inference_mode():
@@ -119,7 +117,7 @@ def run_torch(module: Any, source: TorchSource, batch: Mapping[str, np.ndarray],
 
 
 def reference(source: TorchSource, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from leanify.passes.export_onnx import torch_outputs
+    from leanify.passes.torch_source import torch_outputs
 
     return torch_outputs(source, batch)
 
@@ -216,7 +214,7 @@ class ExportPt2Config(PassConfig):
 @register(ExportPt2Config)
 def export_pt2(artifact: Artifact, config: ExportPt2Config, ctx: PassContext) -> Artifact:
     source = torch_source(artifact, config.attn_implementation or None, config.name)
-    batch = check_batch(artifact)
+    batch = check_batch(artifact, ctx)
     before = reference(source, batch)
 
     def build(out: Path) -> tuple[str, dict[str, Any]]:
@@ -255,7 +253,7 @@ class ExportTorchScriptConfig(PassConfig):
 def export_torchscript(artifact: Artifact, config: ExportTorchScriptConfig,
                        ctx: PassContext) -> Artifact:
     source = torch_source(artifact, config.attn_implementation or None, config.name)
-    batch = check_batch(artifact)
+    batch = check_batch(artifact, ctx)
     before = reference(source, batch)
 
     def build(out: Path) -> tuple[str, dict[str, Any]]:

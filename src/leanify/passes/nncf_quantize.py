@@ -37,7 +37,7 @@ import numpy as np
 from leanify.errors import LeanifyError, first_line, require
 from leanify.models.artifact import Artifact
 from leanify.models.openvino_ir import read_ir, save_ir
-from leanify.passes.export_onnx import check_batch, mean_cosine, require_format, write_output
+from leanify.passes.common import check_batch, mean_cosine, require_format, write_output
 from leanify.passes.export_openvino import IR_FILE, run_openvino
 from leanify.passes.registry import PassConfig, PassContext, register
 
@@ -195,7 +195,7 @@ def nncf_quantize(artifact: Artifact, config: NNCFQuantizeConfig, ctx: PassConte
     model = read_ir(artifact.path)
     _already_quantized(artifact, model, config.name)
     rows = _dataset_items(ctx, artifact, config.name)
-    batch = check_batch(artifact)
+    batch = check_batch(artifact, ctx)
     before = run_openvino(artifact.path, batch, ctx.threads)
     kwargs: dict[str, Any] = {
         "preset": getattr(nncf.QuantizationPreset, config.preset.upper()),
@@ -299,7 +299,7 @@ def nncf_compress_weights(artifact: Artifact, config: NNCFCompressWeightsConfig,
                            fix=f"Use one of {', '.join(COMPRESS_MODES)}.")
     model = read_ir(artifact.path)
     _already_quantized(artifact, model, config.name)
-    batch = check_batch(artifact)
+    batch = check_batch(artifact, ctx)
     before = run_openvino(artifact.path, batch, ctx.threads)
     kwargs: dict[str, Any] = {"mode": getattr(nncf.CompressWeightsMode, config.mode.upper())}
     if config.mode.startswith("int4"):

@@ -29,17 +29,10 @@ from typing import Any, ClassVar
 
 from leanify.errors import LeanifyError, first_line, require
 from leanify.models.artifact import Artifact
-from leanify.passes.export_onnx import (
-    MODEL_FILE,
-    check_agreement,
-    check_batch,
-    onnx_num_heads,
-    ort_session,
-    require_format,
-    run_ort,
-    write_output,
-)
+from leanify.passes.common import check_agreement, check_batch, require_format, write_output
+from leanify.passes.export_onnx import MODEL_FILE, onnx_num_heads
 from leanify.passes.registry import PassConfig, PassContext, register
+from leanify.runtimes.onnxruntime import run_once, session
 
 LEVELS = ("auto", "transformer", "basic", "extended", "all")
 MASK_FORMATS = ("attention-mask", "index-end")
@@ -77,8 +70,8 @@ def ort_optimize(artifact: Artifact, config: OrtOptimizeConfig, ctx: PassContext
                            fix=f"Use one of: {', '.join(MASK_FORMATS)}.")
     require("onnxruntime", "onnx", "Pass 'ort-optimize'")
     level = config.level if config.level != "auto" else _auto_level(artifact)
-    batch = check_batch(artifact)
-    before = run_ort(artifact.path, batch, ctx.threads, level="disabled")
+    batch = check_batch(artifact, ctx)
+    before = run_once(artifact.path, batch, ctx.threads, level="disabled")
 
     def build(out: Path) -> tuple[str, dict[str, Any]]:
         path = out / MODEL_FILE
@@ -87,7 +80,7 @@ def ort_optimize(artifact: Artifact, config: OrtOptimizeConfig, ctx: PassContext
         else:
             _generic(artifact, level, path, ctx.threads)
             extra = {}
-        got = run_ort(path, batch, ctx.threads)
+        got = run_once(path, batch, ctx.threads)
         diffs = check_agreement(before, got, config.atol, "the optimized graph", artifact.path)
         extra.update({"ort_optimize_level": level, "optimize_check": {"max_diff": diffs}})
         return MODEL_FILE, extra
@@ -259,4 +252,4 @@ def _optimizer_model_type(hf_type: Any) -> str:
 
 def _generic(artifact: Artifact, level: str, path: Path, threads: int | None) -> None:
     """ORT's own optimizer at `level`, serialized by the session that ran it (weights inline)."""
-    ort_session(artifact.path, threads, level, optimized_path=path)
+    session(artifact.path, threads, {"graph_optimization_level": level}, optimized_path=path)

@@ -20,14 +20,8 @@ from typing import Any, ClassVar
 
 from leanify.errors import LeanifyError, require
 from leanify.models.artifact import Artifact
-from leanify.passes.export_onnx import (
-    MODEL_FILE,
-    check_batch,
-    require_format,
-    run_ort,
-    torch_source,
-    write_output,
-)
+from leanify.passes.common import check_batch, require_format, write_output
+from leanify.passes.export_onnx import MODEL_FILE
 from leanify.passes.export_torch import (
     PT2_FILE,
     cosine_gate,
@@ -37,6 +31,8 @@ from leanify.passes.export_torch import (
     run_torch,
 )
 from leanify.passes.registry import PassConfig, PassContext, register
+from leanify.passes.torch_source import torch_source
+from leanify.runtimes.onnxruntime import run_once
 
 FP16_FLAGS = frozenset({"avx512_fp16", "amx_fp16", "fp16", "asimdhp"})
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
@@ -76,8 +72,8 @@ def fp16(artifact: Artifact, config: Fp16Config, ctx: PassContext) -> Artifact:
             "pass 'fp16' converts float32 weights, and this model has none (already fp16 or "
             "quantized?).", path=artifact.path, fix="Give the float32 model.",
         )
-    batch = check_batch(artifact)
-    before = run_ort(artifact.path, batch, ctx.threads)
+    batch = check_batch(artifact, ctx)
+    before = run_once(artifact.path, batch, ctx.threads)
 
     def build(out: Path) -> tuple[str, dict[str, Any]]:
         import warnings
@@ -91,7 +87,7 @@ def fp16(artifact: Artifact, config: Fp16Config, ctx: PassContext) -> Artifact:
         path = out / MODEL_FILE
         onnx.save_model(converted, str(path),
                         save_as_external_data=converted.ByteSize() > 1_800_000_000)
-        got = run_ort(path, batch, ctx.threads)
+        got = run_once(path, batch, ctx.threads)
         cosine = cosine_gate(before, got, batch, config.min_cosine, "the fp16 model",
                              artifact.path)
         return MODEL_FILE, {"precision": "fp16", "precision_check": {"mean_cosine": cosine},
@@ -127,7 +123,7 @@ def bf16(artifact: Artifact, config: Bf16Config, ctx: PassContext) -> Artifact:
             fix="Skip 'bf16' here, or pass require_native=False to build it anyway.",
         )
     source = torch_source(artifact, config.attn_implementation or None, config.name)
-    batch = check_batch(artifact)
+    batch = check_batch(artifact, ctx)
     before = reference(source, batch)
 
     def build(out: Path) -> tuple[str, dict[str, Any]]:

@@ -21,15 +21,10 @@ import numpy as np
 
 from leanify.errors import LeanifyError
 from leanify.models.artifact import Artifact
-from leanify.passes.export_onnx import (
-    check_agreement,
-    check_batch,
-    require_format,
-    torch_source,
-    write_output,
-)
+from leanify.passes.common import check_agreement, check_batch, require_format, write_output
 from leanify.passes.export_torch import PT2_FILE, export_program, run_pt2, run_torch
 from leanify.passes.registry import PassConfig, PassContext, register
+from leanify.passes.torch_source import torch_source
 
 TORCH_MODULE_FIX = ("Give an in-memory torch.nn.Module: leanify.load(module, "
                     "example_inputs=...).")
@@ -78,7 +73,7 @@ def calibration_batches(ctx: PassContext, example: dict[str, Any], limit: int) -
 def save_checked(artifact: Artifact, config: PassConfig, ctx: PassContext, source: Any,
                  model: Any, atol: float, extra: Callable[[], dict[str, Any]]) -> Artifact:
     """Export `model` with torch.export into the pass's folder, check it, load it back."""
-    batch = check_batch(artifact)
+    batch = check_batch(artifact, ctx)
 
     def build(out: Path) -> tuple[str, dict[str, Any]]:
         program = export_program(model, source, artifact, out / PT2_FILE)

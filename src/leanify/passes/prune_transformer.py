@@ -19,14 +19,9 @@ import numpy as np
 from leanify.errors import LeanifyError, require
 from leanify.models.artifact import Artifact
 from leanify.models.load import load
-from leanify.passes.export_onnx import (
-    HIDDEN_STATE_TASKS,
-    carry_over,
-    final_path,
-    require_format,
-    torch_source,
-)
+from leanify.passes.common import carry_over, final_path, require_format
 from leanify.passes.registry import PassConfig, PassContext, register
+from leanify.passes.torch_source import HIDDEN_STATE_TASKS, torch_source
 
 # sentence-transformers' files: pooling and normalization travel with the weights
 SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json",

@@ -35,15 +35,10 @@ import numpy as np
 
 from leanify.errors import LeanifyError, first_line, require
 from leanify.models.artifact import Artifact
-from leanify.passes.export_onnx import (
-    MODEL_FILE,
-    check_batch,
-    mean_cosine,
-    require_format,
-    run_ort,
-    write_output,
-)
+from leanify.passes.common import check_batch, mean_cosine, require_format, write_output
+from leanify.passes.export_onnx import MODEL_FILE
 from leanify.passes.registry import PassConfig, PassContext, register
+from leanify.runtimes.onnxruntime import run_once
 
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "amx_tile"})
 QUANT_TYPES = {"int8": "QInt8", "uint8": "QUInt8"}
@@ -124,7 +119,7 @@ def _preprocess(artifact: Artifact, scratch: Path) -> Path:
 
 def _check(artifact: Artifact, path: Path, threads: int | None, min_cosine: float,
            batch: Mapping[str, np.ndarray], before: Mapping[str, np.ndarray]) -> float:
-    got = run_ort(path, batch, threads)
+    got = run_once(path, batch, threads)
     cosine = mean_cosine(before, got, batch.get("attention_mask"))
     if not cosine >= min_cosine:
         raise LeanifyError(
@@ -187,8 +182,8 @@ def quantize_dynamic_pass(artifact: Artifact, config: QuantizeDynamicConfig,
             f"({', '.join(config.op_types)}).",
             path=artifact.path, fix="Set op_types to op types the graph holds.",
         )
-    batch = check_batch(artifact)
-    before = run_ort(artifact.path, batch, ctx.threads)
+    batch = check_batch(artifact, ctx)
+    before = run_once(artifact.path, batch, ctx.threads)
 
     def build(out: Path) -> tuple[str, dict[str, Any]]:
         source = _preprocess(artifact, out) if config.preprocess else artifact.path
@@ -370,8 +365,8 @@ def quantize_static_pass(artifact: Artifact, config: QuantizeStaticConfig,
             "minus keep_float_ops are absent from the graph).",
             path=artifact.path, fix="Set op_types to op types the graph holds.",
         )
-    batch = check_batch(artifact)
-    before = run_ort(artifact.path, batch, ctx.threads)
+    batch = check_batch(artifact, ctx)
+    before = run_once(artifact.path, batch, ctx.threads)
 
     def build(out: Path) -> tuple[str, dict[str, Any]]:
         source = _preprocess(artifact, out) if config.preprocess else artifact.path

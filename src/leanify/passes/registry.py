@@ -68,6 +68,7 @@ class PassContext:
     threads: int | None = None
     isa_flags: frozenset[str] = frozenset()
     calibration: Batches | None = None  # the user's calibration split, never the eval split
+    sample: Path | None = None  # the user's input sample (.npz) for the passes' output checks
     log: Callable[[str], None] = field(default=lambda _msg: None)
     # Outputs built so far in this run, by input + pass key: pipelines that share a prefix
     # (export-onnx, export-openvino...) build it once. None: always build.

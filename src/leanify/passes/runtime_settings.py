@@ -4,10 +4,10 @@ A runtime setting changes speed and sometimes numbers (OpenVINO's bf16 inference
 rounds every activation), so the search treats it like any other candidate: the settings go
 into the artifact's sidecar, the runner applies them, and accuracy is evaluated under them.
 
-Settings (see leanify.models.openvino_ir): OpenVINO `inference_precision` (f32, bf16, f16),
-`performance_hint` (LATENCY, THROUGHPUT), `num_streams`, `sequence_multiple` (pad text inputs
-to a multiple of it and compile static shapes), `batch_streams` (split batches across streams,
-single rows on the latency model); ONNX Runtime `intra_op_num_threads`,
+Settings (each runtime's schema, leanify.runtimes): OpenVINO `inference_precision` (f32,
+bf16, f16), `performance_hint` (LATENCY, THROUGHPUT), `num_streams`, `sequence_multiple` (pad
+text inputs to a multiple of it and compile static shapes), `batch_streams` (split batches
+across streams, single rows on the latency model); ONNX Runtime `intra_op_num_threads`,
 `allow_spinning`, `graph_optimization_level`. Unset fields keep the input's settings.
 
 The new artifact is checked against its input on a real batch; the precision that actually
@@ -24,9 +24,10 @@ from typing import Any, ClassVar
 
 from leanify.errors import LeanifyError
 from leanify.models.artifact import Artifact
-from leanify.models.openvino_ir import SETTINGS_BY_FORMAT, check_settings, padding_problem
-from leanify.passes.export_onnx import check_batch, mean_cosine, write_output
+from leanify.passes.common import check_batch, mean_cosine, write_output
 from leanify.passes.registry import PassConfig, PassContext, register
+from leanify.runtimes import check_settings, for_artifact
+from leanify.runtimes.openvino import padding_problem
 
 
 @dataclass(frozen=True)
@@ -64,25 +65,26 @@ def _link_or_copy(src: Path, dst: Path, work_dir: Path) -> None:
 @register(RuntimeSettingsConfig)
 def runtime_settings_pass(artifact: Artifact, config: RuntimeSettingsConfig,
                           ctx: PassContext) -> Artifact:
-    if artifact.format not in SETTINGS_BY_FORMAT or artifact.path is None:
+    runtime = for_artifact(artifact)
+    if not runtime.settings or artifact.path is None:
         raise LeanifyError(
-            f"pass '{config.name}' takes onnx or openvino models; {artifact.name} is "
-            f"{artifact.format}.", path=artifact.path,
+            f"pass '{config.name}' takes models whose runtime has settings (onnxruntime, "
+            f"openvino); {artifact.name} runs on {runtime.name}.", path=artifact.path,
             fix="Export the model first ('export-onnx' or 'export-openvino').")
     new = config.settings()
     if not new:
         raise LeanifyError(f"pass '{config.name}' was given no setting to change.",
                            fix="Set e.g. inference_precision='f32'.")
-    check_settings(artifact.format, new, artifact.path)
+    check_settings(runtime, new, artifact.path)
     if new.get("sequence_multiple") and (problem := padding_problem(artifact.inputs)):
         raise LeanifyError(
             f"sequence_multiple pads text inputs, but {artifact.name} cannot be padded: "
             f"{problem}.", path=artifact.path,
             fix="Leave sequence_multiple out for this model.")
     settings = {**(artifact.meta.get("runtime") or {}), **new}
-    from leanify.models.runners import open_runner
+    from leanify.runtimes import open_runner
 
-    batch = check_batch(artifact)
+    batch = check_batch(artifact, ctx)
     before = _outputs(artifact, batch, ctx.threads)
 
     def build(out: Path) -> tuple[str, dict[str, Any]]:
@@ -114,7 +116,7 @@ def runtime_settings_pass(artifact: Artifact, config: RuntimeSettingsConfig,
 
 
 def _outputs(artifact: Artifact, batch: dict[str, Any], threads: int | None) -> dict[str, Any]:
-    from leanify.models.runners import open_runner
+    from leanify.runtimes import open_runner
 
     runner = open_runner(artifact, threads)
     try:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from leanify.errors import LeanifyError, require
 from leanify.models.artifact import Artifact
-from leanify.passes.export_onnx import check_batch, torch_source, write_output
+from leanify.passes.common import check_batch, write_output
 from leanify.passes.export_torch import (
     TORCHSCRIPT_FILE,
     cosine_gate,
@@ -28,6 +28,7 @@ from leanify.passes.export_torch import (
     trace_and_save,
 )
 from leanify.passes.registry import PassConfig, PassContext, register
+from leanify.passes.torch_source import torch_source
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def torch_dynamic_int8(artifact: Artifact, config: TorchDynamicInt8Config,
             f"pass '{config.name}' quantizes nn.Linear layers, and {artifact.name} has none.",
             path=artifact.path, fix="Use 'export-onnx' then 'quantize-dynamic' instead.",
         )
-    batch = check_batch(artifact)
+    batch = check_batch(artifact, ctx)
     before = reference(source, batch)
 
     def build(out: Path) -> tuple[str, dict[str, Any]]:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from leanify.models.load import SIDECAR
+from leanify.models.files import SIDECAR
 
 EXAMPLE_TEXTS = ["A sentence to embed.", "Another one."]
 ORT_LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",

@@ -129,7 +129,7 @@ def _installed(module: str) -> bool:
 def _runtime_recipes(artifact: Artifact, max_drop: float) -> list[tuple[str, list]]:
     """OpenVINO and runtime-setting recipes, with the values known only at plan time."""
     from leanify.measure.machine import usable_cores
-    from leanify.models.openvino_ir import padding_problem
+    from leanify.runtimes.openvino import padding_problem
 
     ov = _installed("openvino") and _installed("nncf")
     big = (artifact.meta.get("params") or 0) > LARGE_MODEL_PARAMS

@@ -1,4 +1,4 @@
-"""`leanify.models.runners.open_runner`: every runtime gives the PyTorch reference's numbers."""
+"""`leanify.runtimes.open_runner`: every runtime gives the PyTorch reference's numbers."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from leanify.errors import LeanifyError
 from leanify.models.artifact import Artifact
 from leanify.models.inputs import InputBuilder
 from leanify.models.load import load
-from leanify.models.runners import open_runner
+from leanify.runtimes import open_runner
 
 TEXT_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 ATOL = 1e-4
@@ -161,7 +161,7 @@ def test_missing_required_input_is_reported(tiny_onnx, batches):
 
 def test_no_runner_for_an_unknown_format(tiny_onnx):
     artifact = Artifact("tflite", tiny_onnx, "m")  # type: ignore[arg-type]
-    with pytest.raises(LeanifyError, match="no runner for format 'tflite'"):
+    with pytest.raises(LeanifyError, match="no runtime runs models of format 'tflite'"):
         open_runner(artifact)
 
 

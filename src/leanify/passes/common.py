@@ -1,0 +1,155 @@
+"""Helpers every pass shares: atomic output folders with the sidecar carried over, format
+checks, a real batch for output checks, and output comparisons."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leanify.errors import LeanifyError
+from leanify.models.artifact import Artifact
+from leanify.models.files import SIDECAR
+from leanify.models.load import load
+from leanify.passes.registry import PassConfig, PassContext
+
+# Task metadata carried from a source artifact to every artifact a pass derives from it (and
+# facts later passes use: attention shape for the optimizer, fusions done for the report).
+CARRY_KEYS = ("task", "pooling", "normalize", "labels", "max_length",
+              "model_type", "num_heads", "hidden_size", "fusions", "quantization", "runtime",
+              "run_with")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                   "special_tokens_map.json")
+CHECK_SHAPE = (3, 24)  # the checks run a shape other than the export example's (2, 16)
+
+
+def final_path(out: Path) -> Path:
+    """The folder `ctx.output_dir` renames its temporary folder to on success."""
+    return out.with_name(out.name.removesuffix(".partial"))
+
+
+def write_output(
+    artifact: Artifact, config: PassConfig, ctx: PassContext,
+    build: Callable[[Path], tuple[str, dict[str, Any]]],
+) -> Artifact:
+    """Run `build(tmp_folder) -> (model file name, extra sidecar meta)` atomically.
+
+    Tokenizer files and the source's task metadata are carried into the folder; the result is
+    loaded back with `leanify.load`, so it is checked like any user file.
+    """
+    with ctx.output_dir(config, artifact) as out:
+        filename, extra = build(out)
+        carry_over(artifact, out, config, extra)
+    return load(final_path(out) / filename, name=f"{artifact.name}+{config.name}")
+
+
+def carry_over(artifact: Artifact, out: Path, config: PassConfig,
+               extra: Mapping[str, Any] | None = None) -> None:
+    """Copy the tokenizer files and write the sidecar (task metadata + what this pass did)."""
+    tok = artifact.tokenizer_path
+    if tok is not None and tok.is_dir():
+        for name in TOKENIZER_FILES:
+            if (tok / name).is_file():
+                shutil.copy2(tok / name, out / name)
+    sidecar = {k: artifact.meta[k] for k in CARRY_KEYS if artifact.meta.get(k) is not None}
+    sidecar["source"] = artifact.name
+    sidecar[config.name] = config.params()
+    sidecar.update(extra or {})
+    (out / SIDECAR).write_text(json.dumps(sidecar, indent=2, default=str) + "\n",
+                               encoding="utf-8")
+
+
+def require_format(artifact: Artifact, formats: tuple[str, ...], pass_name: str,
+                   fix: str) -> None:
+    if artifact.format not in formats:
+        raise LeanifyError(
+            f"pass '{pass_name}' takes {' or '.join(formats)} models; "
+            f"{artifact.name} is {artifact.format}.",
+            path=artifact.path, fix=fix,
+        )
+
+
+def check_batch(artifact: Artifact, ctx: PassContext | None = None,
+                batch_size: int = CHECK_SHAPE[0],
+                seq_len: int = CHECK_SHAPE[1]) -> dict[str, np.ndarray]:
+    """A real batch for output checks (from the user's sample when the run has one); for
+    text, the last row is half padding."""
+    from leanify.models.inputs import InputBuilder
+
+    batch = InputBuilder(artifact, ctx.sample if ctx else None).batch(batch_size, seq_len)
+    mask = batch.get("attention_mask")
+    if mask is not None and mask.ndim == 2 and mask.shape[0] > 1 and mask.shape[1] > 2:
+        mask = mask.copy()
+        mask[-1, mask.shape[1] // 2:] = 0
+        batch["attention_mask"] = mask
+    return batch
+
+
+def max_diff(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray],
+             relative: bool = False) -> dict[str, float]:
+    """Max abs difference per shared output; `relative` divides by the reference's scale."""
+    out = {}
+    for name, a in ref.items():
+        if name not in got:
+            continue
+        a = np.asarray(a, dtype=np.float64)
+        b = np.asarray(got[name], dtype=np.float64)
+        if a.shape != b.shape:
+            out[name] = float("inf")
+            continue
+        diff = float(np.max(np.abs(a - b))) if a.size else 0.0
+        if relative:
+            diff /= max(1.0, float(np.max(np.abs(a))) if a.size else 1.0)
+        out[name] = diff
+    return out
+
+
+def mean_cosine(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray],
+                mask: np.ndarray | None = None) -> float:
+    """Mean cosine similarity of outputs: a quantization gate.
+
+    Outputs shaped (batch, sequence, hidden) are compared token by token over the tokens the
+    attention `mask` keeps (padding positions carry no meaning); others sample by sample.
+    """
+    sims: list[float] = []
+    for name, a in ref.items():
+        b = got.get(name)
+        if b is None or np.shape(a) != np.shape(b):
+            return float("-inf")
+        a = np.asarray(a, dtype=np.float64)
+        b = np.asarray(b, dtype=np.float64)
+        if a.ndim == 0:
+            a, b = a.reshape(1, 1), b.reshape(1, 1)
+        if mask is not None and a.ndim == 3 and a.shape[:2] == mask.shape:
+            keep = mask.astype(bool)
+            a, b = a[keep], b[keep]
+        else:
+            a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+        num = np.sum(a * b, axis=1)
+        den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12
+        sims.extend((num / den).tolist())
+    return float(np.mean(sims)) if sims else float("-inf")
+
+
+def check_agreement(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray],
+                    atol: float, what: str, path: Path | None) -> dict[str, float]:
+    """Hidden states: absolute tolerance; logits and other outputs: relative to their scale."""
+    diffs = {}
+    for name in ref:
+        if name not in got:
+            raise LeanifyError(f"{what} lacks output '{name}'.", path=path)
+        relative = name != "last_hidden_state"
+        diffs[name] = max_diff({name: ref[name]}, {name: got[name]}, relative)[name]
+    bad = {k: v for k, v in diffs.items() if not v <= atol}
+    if bad:
+        detail = ", ".join(f"{k}: {v:.3g}" for k, v in bad.items())
+        raise LeanifyError(
+            f"{what} disagrees with its source beyond the tolerance {atol:g} ({detail}).",
+            path=path,
+            fix="Try another exporter or opset, or loosen the pass's atol if you accept this.",
+        )
+    return diffs

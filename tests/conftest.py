@@ -214,3 +214,63 @@ def browser_screenshot(tmp_path):
         return png, console, proc
 
     return shoot
+
+
+# --- silero-vad (PyPI `silero-vad`): a real audio model, TorchScript and ONNX ---------------
+
+
+@pytest.fixture(scope="session")
+def silero_dir() -> Path:
+    import silero_vad
+
+    return Path(silero_vad.__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def silero_onnx(silero_dir) -> Path:
+    return silero_dir / "silero_vad.onnx"  # inputs: input [b, 512], state [2, b, 128], sr []
+
+
+@pytest.fixture(scope="session")
+def silero_jit(silero_dir) -> Path:
+    return silero_dir / "silero_vad.jit"  # forward(Tensor x, int sr), state kept inside
+
+
+def audio_chunks(n: int = 24, seed: int = 0):
+    """512-sample chunks at 16 kHz: voiced-like harmonic tones with vibrato, noise, silence and
+    decaying clicks (made here: no speech recording ships in any installed package)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(512) / 16000
+    chunks = []
+    for i in range(n):
+        kind = i % 4
+        if kind == 0:
+            f0 = 110 + 15 * i
+            x = sum(0.3 / k * np.sin(2 * np.pi * k * f0 * t * (1 + 0.02 * np.sin(30 * t)))
+                    for k in range(1, 6))
+        elif kind == 1:
+            x = 0.05 * rng.standard_normal(512)
+        elif kind == 2:
+            x = np.zeros(512)
+        else:
+            x = 0.3 * np.exp(-t * 40) * np.sign(np.sin(2 * np.pi * 90 * t))
+        chunks.append(np.asarray(x, dtype=np.float32)[None])
+    return chunks
+
+
+@pytest.fixture(scope="session")
+def silero_data(tmp_path_factory):
+    """(onnx data folder, onnx sample, jit data folder, jit sample): one .npz per call."""
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("silero_data")
+    onnx_dir, jit_dir = root / "onnx", root / "jit"
+    onnx_dir.mkdir()
+    jit_dir.mkdir()
+    for i, x in enumerate(audio_chunks()):
+        np.savez(onnx_dir / f"chunk{i:03d}.npz", input=x, state=np.zeros((2, 1, 128), np.float32),
+                 sr=np.array(16000))
+        np.savez(jit_dir / f"chunk{i:03d}.npz", x=x, sr=np.array(16000))
+    return onnx_dir, onnx_dir / "chunk000.npz", jit_dir, jit_dir / "chunk000.npz"

@@ -58,6 +58,10 @@ def _root(
         stdout.print(ctx.get_help())
 
 
+SAMPLE_HELP = ("Inputs to run: arrays named like the model's inputs (.npz; scalars allowed, "
+               "e.g. a sample rate), or texts (.txt/.jsonl/.csv/.tsv).")
+
+
 @app.command()
 def bench(
     models: Annotated[list[str], typer.Argument(
@@ -76,9 +80,7 @@ def bench(
     min_iters: Annotated[int, typer.Option(help="Timed runs per round, at least.")] = 10,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the record here.",
                                                    show_default=False)] = None,
-    sample: Annotated[Path | None, typer.Option(
-        help="Inputs: texts (.txt/.jsonl/.csv/.tsv) or arrays named like the model's inputs "
-             "(.npz).", show_default=False)] = None,
+    sample: Annotated[Path | None, typer.Option(help=SAMPLE_HELP, show_default=False)] = None,
     tokenizer: Annotated[Path | None, typer.Option(
         help="Folder with tokenizer.json, for models that ship without one.",
         show_default=False)] = None,
@@ -121,8 +123,9 @@ def optimize(
     task: Annotated[str, typer.Option(
         help="embedding-similarity | text-classification | fidelity.", show_default=False)],
     data: Annotated[Path, typer.Option(
-        help="Evaluation data: CSV/TSV/JSONL/Parquet or STS-B format. A calibration split is "
-             "held out of it.", show_default=False)],
+        help="Evaluation data: CSV/TSV/JSONL/Parquet or STS-B format, or for array models a "
+             "folder of .npz files (one model call each). A calibration split is held out "
+             "of it.", show_default=False)],
     out: Annotated[Path | None, typer.Option(
         help="Run folder (default: leanify-out/<model name>).", show_default=False)] = None,
     max_drop: Annotated[float, typer.Option(
@@ -137,7 +140,9 @@ def optimize(
     objective: Annotated[str, typer.Option(
         help="What 'best' means among accepted candidates: latency | size | memory.")]
     = "latency",
-    batch_size: Annotated[str, typer.Option("--batch-size", "-b")] = "1,32",
+    batch_size: Annotated[str | None, typer.Option(
+        "--batch-size", "-b", help="Batch sizes, comma-separated (default: 1,32 for text; "
+        "the sample's own batch for array models).", show_default=False)] = None,
     seq_len: Annotated[str, typer.Option("--seq-len", "-s")] = "128",
     threads: Annotated[int | None, typer.Option(
         help="Threads per model (default: all usable cores).", show_default=False)] = None,
@@ -156,6 +161,7 @@ def optimize(
     score_col: Annotated[str | None, typer.Option(show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a stopped run in --out; "
                                          "finished trials are not re-run.")] = False,
+    sample: Annotated[Path | None, typer.Option(help=SAMPLE_HELP, show_default=False)] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle")] = False,
     allow_training: Annotated[bool, typer.Option(
         "--allow-training", help="Also try students: half the layers, distilled on "
@@ -189,12 +195,12 @@ def optimize(
         task=task, data=data, out=out, objective=objective,
         targets=Targets(max_drop=max_drop, max_latency_ms=max_latency_ms,
                         max_size_mb=max_size_mb, max_memory_mb=max_memory_mb),
-        batch_sizes=tuple(_ints(batch_size, "--batch-size")),
+        batch_sizes=tuple(_ints(batch_size, "--batch-size")) if batch_size else (),
         seq_lens=tuple(_ints(seq_len, "--seq-len")), threads=threads, rounds=rounds,
         calibration_size=calibration_size, calibration_data=calibration_data, resume=resume,
         candidates=[c.strip() for c in candidates.split(",")] if candidates else None,
         text_col=text_col, pair_cols=pairs, label_col=label_col, score_col=score_col,
-        trust_pickle=trust_pickle,
+        trust_pickle=trust_pickle, sample=sample,
         transfer_data=tuple(Path(f.strip()) for f in (transfer_data or "").split(",")
                             if f.strip()),
         training_budget_min=training_budget_min if allow_training else None,
@@ -270,6 +276,7 @@ def doctor(
         help="Threads (default: all usable cores).", show_default=False)] = None,
     tokenizer: Annotated[Path | None, typer.Option(help="Folder with tokenizer.json.",
                                                    show_default=False)] = None,
+    sample: Annotated[Path | None, typer.Option(help=SAMPLE_HELP, show_default=False)] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no report.")]
     = False,
@@ -286,7 +293,7 @@ def doctor(
         data=data, task=task, latency_budget_ms=latency_budget_ms,
         memory_budget_mb=memory_budget_mb, trace=trace, quick=quick, threads=threads,
         tokenizer=str(tokenizer) if tokenizer else None, trust_pickle=trust_pickle,
-        outputs=tuple(p for p in (json_path, html) if p is not None))
+        sample=sample, outputs=tuple(p for p in (json_path, html) if p is not None))
     if quiet:
         record = run_doctor(model, settings)
     else:

@@ -267,7 +267,7 @@ def test_unknown_suffix_and_task(tmp_path):
     path = tmp_path / "data.xlsx"
     path.write_bytes(b"PK\x03\x04")
     assert ".xlsx" in str(_error(path, "fidelity"))
-    with pytest.raises(LeanifyError, match="unknown evaluation task"):
+    with pytest.raises(LeanifyError, match="unknown task"):
         read_dataset(STS_TEST, "regression")
     with pytest.raises(LeanifyError, match="two columns"):
         read_dataset(STS_TEST, "embedding-similarity", pair_cols=("sentence1",))

@@ -277,7 +277,7 @@ def test_wrong_dataset_for_task(minilm):
     data = read_dataset(SST2_DEV, "fidelity").subset(range(5))
     with pytest.raises(LeanifyError, match="sentence pairs"):
         evaluate(minilm, data, "embedding-similarity")
-    with pytest.raises(LeanifyError, match="unknown evaluation task"):
+    with pytest.raises(LeanifyError, match="unknown task"):
         evaluate(minilm, data, "bleu")
 
 

@@ -13,8 +13,8 @@ import leanify.passes.export_onnx as export_onnx_module
 from leanify.errors import LeanifyError
 from leanify.models.inputs import InputBuilder
 from leanify.models.load import SIDECAR, load
-from leanify.runtimes import open_runner
 from leanify.passes.registry import PassContext, apply, make_config
+from leanify.runtimes import open_runner
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
                    "special_tokens_map.json")

@@ -11,9 +11,9 @@ import pytest
 from leanify.errors import LeanifyError
 from leanify.models.inputs import InputBuilder
 from leanify.models.load import SIDECAR, load
-from leanify.runtimes import open_runner
 from leanify.models.safety import sniff_torch_archive
 from leanify.passes.registry import PassContext, apply, make_config
+from leanify.runtimes import open_runner
 
 TEXT = ["input_ids", "attention_mask", "token_type_ids"]
 

@@ -15,9 +15,9 @@ from leanify.errors import LeanifyError
 from leanify.measure.data import text_batches
 from leanify.models.inputs import InputBuilder
 from leanify.models.load import SIDECAR, load
-from leanify.runtimes import open_runner
 from leanify.passes.nncf_quantize import calibration_rows
 from leanify.passes.registry import PassContext, apply, make_config, run_pipeline
+from leanify.runtimes import open_runner
 
 STSB_DEV = Path(__file__).resolve().parents[2] / "examples" / "data" / "stsb" / "sts-dev.csv"
 

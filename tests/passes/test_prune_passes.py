@@ -12,8 +12,8 @@ import torch
 
 from leanify.errors import LeanifyError
 from leanify.models.load import SIDECAR, load
-from leanify.runtimes import open_runner
 from leanify.passes.registry import PassContext, apply, available, make_config
+from leanify.runtimes import open_runner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "prune"))
 from prune_models import resnetish

@@ -11,9 +11,9 @@ import pytest
 from leanify.errors import LeanifyError
 from leanify.models.inputs import InputBuilder, bundled_texts
 from leanify.models.load import SIDECAR, load
-from leanify.runtimes import open_runner
 from leanify.passes.quantize_onnx import resolve_reduce_range
 from leanify.passes.registry import PassContext, apply, make_config
+from leanify.runtimes import open_runner
 
 VNNI = frozenset({"avx2", "avx512f", "avx512_vnni"})
 

@@ -9,9 +9,9 @@ from prune_models import dead_neuron_mlp, resnetish
 
 from leanify.errors import LeanifyError
 from leanify.models.load import load
-from leanify.runtimes import open_runner
 from leanify.prune import load_pruned, prune_channels, save_pruned
 from leanify.prune.flops import count_macs
+from leanify.runtimes import open_runner
 
 X = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(1))
 

@@ -18,9 +18,9 @@ pytest.importorskip("openvino")
 from leanify.errors import LeanifyError
 from leanify.models.inputs import InputBuilder
 from leanify.models.load import SIDECAR, load
+from leanify.passes.registry import PassContext, apply, make_config
 from leanify.runtimes import open_runner
 from leanify.runtimes.openvino import OpenVINORunner
-from leanify.passes.registry import PassContext, apply, make_config
 
 CLI = [sys.executable, "-m", "leanify.cli"]
 

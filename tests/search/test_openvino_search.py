@@ -19,8 +19,9 @@ pytest.importorskip("nncf")
 from leanify.measure.machine import usable_cores
 from leanify.models.load import load
 from leanify.passes.registry import PassContext, make_config, run_pipeline
-from leanify.report.snippet import EXAMPLE_TEXTS, usage_snippet
+from leanify.report.snippet import usage_snippet
 from leanify.search.plan import plan
+from leanify.tasks.text import EXAMPLE_TEXTS
 
 STSB = Path(__file__).resolve().parents[2] / "examples" / "data" / "stsb" / "sts-test.csv"
 CLI = [sys.executable, "-m", "leanify.cli"]

@@ -31,7 +31,6 @@ from leanify.models.artifact import Artifact
 from leanify.models.load import load
 
 SCHEMA_VERSION = 1
-TASKS = ("embedding-similarity", "text-classification", "fidelity")
 TORCH_FORMATS = ("hf", "torchscript", "pt2", "torch-module")
 HEAVY_MS = 1000.0  # a typical run slower than this: fewer curve points
 Progress = Callable[[int, int, str], None]
@@ -47,14 +46,16 @@ class DoctorSettings:
     quick: bool = True
     threads: int | None = None
     tokenizer: str | None = None
+    sample: Path | None = None  # an input sample (.npz) for models without a tokenizer
     trust_pickle: bool = False
     top: int = 15
     outputs: tuple[Path, ...] = ()  # files the caller will write (--json, --html): checked first
 
     def check(self) -> None:
-        if self.task is not None and self.task not in TASKS:
-            raise LeanifyError(f"unknown task '{self.task}'.",
-                               fix=f"Choose one of: {', '.join(TASKS)}.")
+        if self.task is not None:
+            from leanify import tasks
+
+            tasks.get(self.task)  # a clear error naming the tasks there are
         for name, value in (("--latency-budget-ms", self.latency_budget_ms),
                             ("--memory-budget-mb", self.memory_budget_mb)):
             if value is not None and not value > 0:
@@ -96,6 +97,8 @@ def _read_data(settings: DoctorSettings, artifact: Artifact) -> tuple[list[str],
         order = ["embedding-similarity", "fidelity"]
     else:
         order = ["fidelity"]
+    if Path(settings.data).is_dir() or Path(settings.data).suffix.lower() == ".npz":
+        order = ["fidelity"]  # arrays, one model call per .npz file
     for i, task in enumerate(order):
         try:
             dataset = read_dataset(settings.data, task)
@@ -114,7 +117,13 @@ def _sample(texts: list[str], n: int) -> list[str]:
     return [texts[int(i * step)] for i in range(n)]
 
 
-def _fixed_dims(artifact: Artifact) -> tuple[int | None, int | None]:
+def _fixed_dims(artifact: Artifact, sample: Path | None = None
+                ) -> tuple[int | None, int | None]:
+    if sample is not None and Path(sample).suffix.lower() == ".npz":
+        from leanify.models.inputs import InputBuilder
+
+        builder = InputBuilder(artifact, sample)  # its batch axes say what can grow
+        return (None if builder.axes else builder.rows or None), None
     batch = seq = None
     for spec in artifact.inputs:
         if spec.shape and isinstance(spec.shape[0], int) and artifact.format != "hf":
@@ -164,10 +173,14 @@ def doctor(model: str | os.PathLike | Artifact, settings: DoctorSettings | None 
         check_output(path, artifact)
     texts, task = _read_data(settings, artifact)
     threads = settings.threads or usable_cores()
-    sequence = latency.has_sequence(artifact)
+    from leanify.measure.workload import sample_length
+
+    fixed_length = sample_length(artifact, settings.sample)
+    # a sample fixes the inputs' length: the curve then runs over batch sizes only
+    sequence = latency.has_sequence(artifact) and fixed_length is None
     limits = ctxmod.max_length_of(artifact)
     max_len = ctxmod.effective_max_length(limits)
-    fixed = _fixed_dims(artifact)
+    fixed = _fixed_dims(artifact, settings.sample)
     parent = Sections()
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -189,7 +202,7 @@ def doctor(model: str | os.PathLike | Artifact, settings: DoctorSettings | None 
         record["warnings"].append("the model has no tokenizer files, so --data could not be "
                                   "tokenized: pass --tokenizer DIR for the context analysis")
     if not sequence:
-        seq = 1
+        seq = fixed_length or 1
     elif fixed[1] is not None:
         seq = fixed[1]
     elif stats:
@@ -200,6 +213,7 @@ def doctor(model: str | os.PathLike | Artifact, settings: DoctorSettings | None 
     sample = _sample(texts, 256 if settings.quick else 1024) if artifact.tokenizer_path else []
     record["settings"] = {
         "data": str(settings.data) if settings.data else None, "task": task,
+        "sample": str(settings.sample) if settings.sample else None,
         "latency_budget_ms": settings.latency_budget_ms,
         "memory_budget_mb": settings.memory_budget_mb, "quick": settings.quick,
         "threads": threads, "sequence": sequence,
@@ -224,11 +238,13 @@ def doctor(model: str | os.PathLike | Artifact, settings: DoctorSettings | None 
     req = {"path": str(artifact.path) if artifact.path else None, "name": artifact.name,
            "tokenizer": str(artifact.tokenizer_path) if artifact.tokenizer_path else None,
            "trust_pickle": settings.trust_pickle, "threads": threads,
+           "sample": str(settings.sample) if settings.sample else None,
            "typical": list(typical), "sequence": sequence, "texts": sample,
            "max_length": max_len, "trace": trace, "top": settings.top,
            "profile_iters": 5 if settings.quick else 20,
            "isa_flags": record["machine"]["cpu"]["isa_flags"]}
-    bench_extra = {"tokenizer": settings.tokenizer, "trust_pickle": settings.trust_pickle}
+    bench_extra = {"tokenizer": settings.tokenizer, "trust_pickle": settings.trust_pickle,
+                   "sample": str(settings.sample) if settings.sample else None}
     with tempfile.TemporaryDirectory(prefix="leanify-doctor-") as scratch:
         say("profiling, FLOPs, weights and activations"
             if artifact.format in TORCH_FORMATS else "profiling and quantization sensitivity")

@@ -55,7 +55,7 @@ def _artifact(req: dict[str, Any]):
 def _typical_batch(artifact, req: dict[str, Any]) -> dict[str, np.ndarray]:
     from leanify.models.inputs import InputBuilder
 
-    return InputBuilder(artifact).batch(*req["typical"])
+    return InputBuilder(artifact, req.get("sample")).batch(*req["typical"])
 
 
 def _data_batches(artifact, req: dict[str, Any], names: list[str], batch_size: int = 16

@@ -273,8 +273,11 @@ def _claim(record: dict[str, Any], b: dict[str, Any], typ: float | None,
         targets["--seq-len"] = point["seq_len"]
     if record["settings"].get("memory_budget_mb"):
         targets["--max-memory-mb"] = record["settings"]["memory_budget_mb"]
+    sample = record["settings"].get("sample")
     argv = ["leanify", "optimize", model_ref, "--task", task or "fidelity",
-            "--data", data_ref or "YOUR_DATA.csv"]
+            "--data", data_ref or ("YOUR_NPZ_FOLDER" if sample else "YOUR_DATA.csv")]
+    if sample:  # an array model: the same sample runs in optimize's checks and timings
+        argv += ["--sample", sample]
     shown = {k: f"{v:g}" if isinstance(v, float) else str(v) for k, v in targets.items()}
     for flag, value in shown.items():
         argv += [flag, value]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from leanify.errors import LeanifyError, first_line
-from leanify.measure import memory, stats
+from leanify.measure import memory, stats, workload
 from leanify.measure.machine import cpu_busy_fraction, machine_info, usable_cores
 from leanify.models.artifact import Artifact
 from leanify.models.load import load
@@ -154,12 +154,12 @@ def bench(
     if not models:
         raise LeanifyError("no model to benchmark.", fix="Name at least one model.")
     threads = settings.threads or usable_cores()
-    # Smallest first: round 1 then sees each point's memory before larger points grow the
-    # allocators' pools, and that first visit is the peak RSS reported for the point.
-    points = sorted({(int(b), int(s)) for b in settings.batch_sizes for s in settings.seq_lens},
-                    key=lambda p: (p[0] * p[1], p[0]))
     with tempfile.TemporaryDirectory(prefix="leanify-bench-") as scratch:
         entries = _resolve(models, settings, Path(scratch))
+        # Smallest first: round 1 then sees each point's memory before larger points grow the
+        # allocators' pools, and that first visit is the peak RSS reported for the point.
+        points = workload.points(entries[0].artifact, settings.batch_sizes, settings.seq_lens,
+                                 settings.sample)
         started = datetime.now(UTC)
         machine = machine_info()
         machine["cpu_busy_before"] = cpu_busy_fraction()
@@ -355,8 +355,9 @@ def _record(
         "machine": machine,
         "settings": {**asdict(settings), "threads": threads,
                      "batch_sizes": [p for p in settings.batch_sizes],
-                     "seq_lens": [s for s in settings.seq_lens]},
+                     "seq_lens": sorted({p[1] for p in points})},
         "bare_interpreter_rss_mb": round(bare_mb, 1),
+        "workload": workload.for_artifact(entries[0].artifact).as_dict(),
         "models": models_out,
         "results": results,
     }

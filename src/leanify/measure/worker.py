@@ -74,7 +74,7 @@ class Worker:
         }
 
     def prepare(self, batch_size: int, seq_len: int) -> dict[str, Any]:
-        batch = self.builder.batch(batch_size, seq_len)
+        batch = dict(self.runner.drop_folded(self.builder.batch(batch_size, seq_len)))
         self.runner.check(batch)
         self.batches[(batch_size, seq_len)] = batch
         return {"ok": True, "shapes": {k: list(v.shape) for k, v in batch.items()}}

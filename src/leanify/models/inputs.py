@@ -240,7 +240,8 @@ def check_arrays(arrays: dict[str, np.ndarray], artifact: Artifact, path: Path) 
     """The arrays fit the model: known names, every required input, no empty arrays, and
     scalars only where the model takes a scalar (e.g. an audio model's sample rate)."""
     names = artifact.input_names
-    unknown = sorted(set(arrays) - set(names))
+    folded = artifact.meta.get("folded_inputs") or {}  # the runner checks their values
+    unknown = sorted(set(arrays) - set(names) - set(folded))
     if unknown:
         raise LeanifyError(
             f"names input(s) {', '.join(unknown)} that the model does not have; the model's "
@@ -256,6 +257,8 @@ def check_arrays(arrays: dict[str, np.ndarray], artifact: Artifact, path: Path) 
         )
     specs = {s.name: s for s in artifact.inputs}
     for name, array in arrays.items():
+        if name not in specs:
+            continue
         declared = specs[name].shape
         if array.ndim == 0 and declared not in ((), None):
             raise LeanifyError(
@@ -348,5 +351,10 @@ def _from_signature(
 def _cast(array: np.ndarray, artifact: Artifact, name: str) -> np.ndarray:
     spec = next((s for s in artifact.inputs if s.name == name), None)
     if spec is None or spec.dtype == "unknown" or array.dtype.name == spec.dtype:
-        return np.ascontiguousarray(array)
-    return np.ascontiguousarray(array.astype(np.dtype(spec.dtype)))
+        return contiguous(array)
+    return contiguous(array.astype(np.dtype(spec.dtype)))
+
+
+def contiguous(array: np.ndarray) -> np.ndarray:
+    """C-contiguous, keeping a scalar a scalar (np.ascontiguousarray makes it 1-d)."""
+    return np.require(array, requirements="C")

@@ -358,11 +358,24 @@ def _load_onnx(path: Path, name: str) -> Artifact:
 
 
 def _all_initializers(model):
-    yield from model.graph.initializer
-    for node in model.graph.node:  # Constant nodes do not count as parameters, subgraphs rarely
-        for attr in node.attribute:
-            if attr.g is not None:
-                yield from attr.g.initializer
+    """Weights: initializers of the graph and of every subgraph (If/Loop branches), and
+    float Constant tensors of more than one element (TorchScript-era exports keep weights
+    there)."""
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        yield from graph.initializer
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+                if node.op_type == "Constant" and attr.name == "value" and \
+                        attr.t.data_type in FLOAT_TYPES and _numel(attr.t.dims) > 1:
+                    yield attr.t
+
+
+FLOAT_TYPES = (1, 10, 11, 16)  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
 def _gather_table_sizes(model, initializers) -> dict[str, int]:

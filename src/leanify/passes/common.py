@@ -21,7 +21,7 @@ from leanify.passes.registry import PassConfig, PassContext
 # facts later passes use: attention shape for the optimizer, fusions done for the report).
 CARRY_KEYS = ("task", "pooling", "normalize", "labels", "max_length",
               "model_type", "num_heads", "hidden_size", "fusions", "quantization", "runtime",
-              "run_with")
+              "run_with", "folded_inputs")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
                    "special_tokens_map.json")
 CHECK_SHAPE = (3, 24)  # the checks run a shape other than the export example's (2, 16)

@@ -43,8 +43,24 @@ class Runner:
         return {}
 
     def run(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch = self.drop_folded(batch)
         self.check(batch)
         return self._run(batch)
+
+    def drop_folded(self, batch: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        """Inputs a pass folded into the graph (specialize-inputs) are accepted only with the
+        value they were folded with, then dropped."""
+        folded = self.artifact.meta.get("folded_inputs") or {}
+        if not folded or not set(folded) & set(batch):
+            return batch
+        for name in set(folded) & set(batch):
+            value = np.asarray(batch[name])
+            if value.ndim != 0 or value.item() != folded[name]:
+                raise LeanifyError(
+                    f"input '{name}' was folded into this model as {folded[name]!r}; it "
+                    f"cannot run {value.tolist()!r}.", path=self.artifact.path,
+                    fix="Use the model leanify started from for other values.")
+        return {k: v for k, v in batch.items() if k not in folded}
 
     def check(self, batch: Mapping[str, Any]) -> None:
         names = self.input_names

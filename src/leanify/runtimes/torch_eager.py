@@ -54,7 +54,7 @@ class TorchRunner(Runner):
 
     def _run(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self.torch
-        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
+        tensors = {k: torch.from_numpy(np.require(v, requirements="C")) for k, v in batch.items()}
         with torch.inference_mode():
             return to_numpy(self._call(tensors))
 

@@ -32,7 +32,6 @@ from leanify.search.select import OBJECTIVES, Targets, choose, judge, pareto_fro
 from leanify.search.store import TrialStore
 
 SCHEMA_VERSION = 1
-TASKS = ("embedding-similarity", "text-classification", "fidelity")
 Progress = Callable[[int, int, str], None]
 
 
@@ -43,7 +42,7 @@ class OptimizeSettings:
     out: Path
     targets: Targets = field(default_factory=Targets)
     objective: str = "latency"
-    batch_sizes: tuple[int, ...] = (1, 32)
+    batch_sizes: tuple[int, ...] = ()  # (): the workload's default (workload.default_batches)
     seq_lens: tuple[int, ...] = (128,)
     threads: int | None = None
     rounds: int = 2
@@ -57,14 +56,15 @@ class OptimizeSettings:
     label_col: str | None = None
     score_col: str | None = None
     trust_pickle: bool = False
+    sample: Path | None = None  # an input sample (.npz) for models without a tokenizer
     # --allow-training: prune + distill students on this unlabelled text (never the eval data)
     transfer_data: tuple[Path, ...] = ()
     training_budget_min: float | None = None  # None: no training
 
     def check(self) -> None:
-        if self.task not in TASKS:
-            raise LeanifyError(f"unknown task '{self.task}'.",
-                               fix=f"Choose one of: {', '.join(TASKS)}.")
+        from leanify import tasks
+
+        tasks.get(self.task)  # a clear error naming the tasks there are
         if self.objective not in OBJECTIVES:
             raise LeanifyError(f"unknown objective '{self.objective}'.",
                                fix=f"Choose one of: {', '.join(OBJECTIVES)}.")
@@ -90,17 +90,22 @@ class OptimizeSettings:
 def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
              progress: Progress | None = None) -> dict[str, Any]:
     """Run the whole search; return the record also written to OUT/leanify.json."""
-    from leanify.measure.data import check_labels, read_dataset, split
+    from leanify import tasks
+    from leanify.measure.data import read_dataset, split
 
     settings.check()
+    task = tasks.get(settings.task)
     tick = progress or (lambda _d, _t, _w: None)
     source = load(model, trust_pickle=settings.trust_pickle)
     # Everything that can be wrong with the input is checked before any long work.
     dataset = read_dataset(settings.data, settings.task, text_col=settings.text_col,
                            pair_cols=settings.pair_cols, label_col=settings.label_col,
                            score_col=settings.score_col)
-    if settings.task == "text-classification":
-        check_labels(dataset, source.meta.get("labels"))
+    task.check(source, dataset)
+    if not settings.batch_sizes:
+        from leanify.measure.workload import default_batches
+
+        settings.batch_sizes = default_batches(source, settings.sample)
     out = _prepare_out(settings.out, source, settings.resume)
     threads = settings.threads or usable_cores()
     if settings.calibration_data is not None:
@@ -135,6 +140,7 @@ def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
         "calibration_data": (str(Path(settings.calibration_data).resolve())
                              if settings.calibration_data else None),
         "calibration_rows": len(calibration), "evaluation_rows": len(evaluation),
+        "sample": str(Path(settings.sample).resolve()) if settings.sample else None,
         "training": ({"data": [str(p) for p in training.data],
                       "data_sha256": [_file_sha(p) for p in training.data],
                       "budget_min": training.budget_min} if training else None),
@@ -157,14 +163,15 @@ def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
             work_dir=out / "work", threads=threads,
             isa_flags=isa_flags, built={},
             calibration=_calibration_batches(source, calibration, settings.max_length),
+            sample=Path(settings.sample).resolve() if settings.sample else None,
         )
         tick(done, total, "evaluating the baseline")
         baseline = store.get("baseline")
         if baseline is None:
             t0 = time.time()
             reference = None
-            if settings.task == "fidelity":  # the original's outputs, kept for every trial
-                reference = str(out / "work" / "reference.npy")
+            if task.needs_reference:  # the original's outputs, kept for every trial
+                reference = str(out / "work" / "reference.npz")
                 _reference(source, evaluation, threads, settings.max_length, reference)
             metric = _evaluate(source, evaluation, settings, threads, reference)
             baseline = {"name": "baseline", "passes": [], "metric": metric,
@@ -226,14 +233,15 @@ def _run_trial(candidate: Candidate, source: Artifact, baseline: dict[str, Any],
                      size_mb=_size_mb(artifact), params=artifact.meta.get("params"),
                      pass_meta={k: v for k, v in artifact.meta.items()
                                 if k in ("fusions", "quantization", "precision", "exporter",
-                                         "runtime", "runtime_check")})
+                                         "runtime", "runtime_check", "folded_inputs")})
         say("evaluating", 1)
         trial["metric"] = _evaluate(artifact, evaluation, settings, threads,
                                     reference=baseline.get("reference"))
         say("measuring against the baseline", 2)
         record = bench([source, artifact], BenchSettings(
             batch_sizes=settings.batch_sizes, seq_lens=settings.seq_lens, threads=threads,
-            rounds=settings.rounds, warmup_s=0.3, min_iters=5, min_time_s=0.5))
+            rounds=settings.rounds, warmup_s=0.3, min_iters=5, min_time_s=0.5,
+            sample=str(settings.sample) if settings.sample else None))
     except LeanifyError as exc:
         trial["reason"] = f"failed: {exc.render()}"
         return trial
@@ -262,7 +270,8 @@ def _final_bench(source: Artifact, results: list[dict[str, Any]], settings: Opti
     artifacts = [load(r["artifact"], name=r["name"]) for r in finalists]
     record = bench([source, *artifacts], BenchSettings(
         batch_sizes=settings.batch_sizes, seq_lens=settings.seq_lens, threads=threads,
-        rounds=settings.rounds + 1, warmup_s=0.3, min_iters=5, min_time_s=0.5))
+        rounds=settings.rounds + 1, warmup_s=0.3, min_iters=5, min_time_s=0.5,
+        sample=str(settings.sample) if settings.sample else None))
     fields = {}
     for model in record["models"][1:]:
         sub = {"models": [record["models"][0], model],
@@ -354,8 +363,12 @@ def _evaluate_here(artifact: Artifact, dataset, task: str, threads: int, max_len
 
     from leanify.measure.evaluate import evaluate
 
+    loaded = None
+    if reference:
+        with np.load(reference, allow_pickle=False) as arrays:
+            loaded = {k: arrays[k] for k in arrays.files}
     metric = evaluate(artifact, dataset, task, threads=threads, max_length=max_length,
-                      reference=np.load(reference) if reference else None)
+                      reference=loaded)
     return {"name": metric.name, "value": round(float(metric.value), 4),
             "higher_is_better": metric.higher_is_better, "details": metric.details}
 
@@ -377,26 +390,21 @@ def _reference_child(source: Artifact | str, dataset, threads: int, max_length: 
     from leanify.measure.evaluate import reference_outputs
 
     artifact = load(source)
-    array = reference_outputs(artifact, dataset.all_texts(), threads=threads,
-                              max_length=max_length)
+    arrays = reference_outputs(artifact, dataset, threads=threads, max_length=max_length)
     Path(target).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(target).with_suffix(".partial.npy")
-    np.save(tmp, array)
+    tmp = Path(target).with_suffix(".partial.npz")
+    np.savez(tmp, **arrays)
     os.replace(tmp, target)
 
 
 def _calibration_batches(source: Artifact, calibration, max_length: int):
-    if calibration is None or len(calibration) == 0 or source.tokenizer_path is None:
+    """The task's transform over the calibration rows (never the evaluation rows)."""
+    from leanify import tasks
+
+    if calibration is None:
         return None
-
-    def batches():
-        from leanify.measure.data import calibration_texts, text_batches
-
-        texts = calibration_texts(calibration)
-        yield from text_batches(texts, source.tokenizer_path, 16, max_length,
-                                source.input_names)
-
-    return batches
+    return tasks.get(calibration.task).calibration(
+        source, calibration, tasks.EvalSettings(batch_size=16, max_length=max_length))
 
 
 # --- output ----------------------------------------------------------------------------
@@ -445,6 +453,8 @@ def _finish(out: Path, source: Artifact, baseline: dict[str, Any], results: list
                                      selected.get("runtime"))
         from leanify.report.snippet import usage_snippet
 
+        _write_example_inputs(out, source, settings)
+
         selected_out["runtime_settings"] = selected.get("runtime_settings") or {}
         selected_out["snippet"] = usage_snippet(out, selected_out, settings.task,
                                                 identity["threads"], settings.max_length)
@@ -480,6 +490,23 @@ def _finish(out: Path, source: Artifact, baseline: dict[str, Any], results: list
 
     _write_text(out / "report.html", render_optimize(record))
     return record
+
+
+def _write_example_inputs(out: Path, source: Artifact, settings: OptimizeSettings) -> None:
+    """An array model's snippet runs on OUT/example_inputs.npz: the user's sample, else the
+    first .npz of the data."""
+    from leanify.report.snippet import EXAMPLE_INPUTS
+    from leanify.tasks.text import is_text_model
+
+    if is_text_model(source):
+        return
+    data = Path(settings.data)
+    example = Path(settings.sample) if settings.sample else \
+        (min(data.glob("*.npz"), default=None) if data.is_dir() else data)
+    if example is not None and example.suffix.lower() == ".npz":
+        tmp = out / f".{EXAMPLE_INPUTS}.partial"
+        shutil.copyfile(example, tmp)
+        os.replace(tmp, out / EXAMPLE_INPUTS)
 
 
 def install_model(out: Path, artifact_path: str | os.PathLike, name: str,
@@ -529,10 +556,16 @@ def _size_mb(artifact: Artifact) -> float | None:
 
 
 def _file_sha(path: str | os.PathLike) -> str:
+    """sha256 of a file, or of a folder's files (names and contents, in name order)."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -76,6 +76,18 @@ EXTENDED = frozenset({"onnx-fused", "openvino-fp32", "openvino-int8-f32", "openv
 # THROUGHPUT splits a batch across streams; a single request then gets one core's worth, so it
 # is only planned when no batch-1 latency is measured.
 BATCH_ONLY = frozenset({"openvino-int8-throughput"})
+# Models whose exports branch on a scalar input (an audio model's sample rate): the graph
+# with the data's constant value folded in and constant-folded, then the usual int8 recipe.
+SPECIALIZED_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
+    ("onnx-specialized", [("specialize-inputs", {})]),
+    ("onnx-specialized-int8-dynamic", [("specialize-inputs", {}), ("quantize-dynamic", {})]),
+]
+# TorchScript archives that neither ONNX export nor torch.export can take (scripted control
+# flow): frozen for inference, and also with oneDNN convolutions and folded batch norms.
+TORCHSCRIPT_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
+    ("torchscript-frozen", [("freeze-torchscript", {})]),
+    ("torchscript-optimized", [("freeze-torchscript", {"optimize_for_inference": True})]),
+]
 # Weight-only compression pays off when reading the weights dominates: large models only.
 LARGE_MODEL_PARAMS = 1_000_000_000
 LARGE_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
@@ -180,9 +192,15 @@ def plan(artifact: Artifact, *, only: list[str] | None = None, calibration: bool
             onnx_recipes += [(f"student-{name}", student + steps) for name, steps in onnx_recipes
                              if name in STUDENT_RECIPES]
     elif artifact.format == "onnx":
+        from leanify.passes.specialize_inputs import scalar_inputs
+
+        specialized = SPECIALIZED_RECIPES if scalar_inputs(artifact) else []
         onnx_recipes = [(name, steps) for name, steps in
-                        [*ONNX_RECIPES, *_runtime_recipes(artifact, max_drop)] if steps]
+                        [*ONNX_RECIPES, *specialized, *_runtime_recipes(artifact, max_drop)]
+                        if steps]
         torch_recipes = []
+    elif artifact.format == "torchscript":
+        onnx_recipes, torch_recipes = [], TORCHSCRIPT_RECIPES
     else:
         raise LeanifyError(
             f"leanify optimize does not yet take {artifact.format} models.",
@@ -194,7 +212,9 @@ def plan(artifact: Artifact, *, only: list[str] | None = None, calibration: bool
             continue  # a pass this installation lacks (an extra not installed)
         if not _useful_here(steps, isa_flags) and not (only and name in only):
             continue
-        static = any(step in ("quantize-static", "nncf-quantize") for step, _ in steps)
+        # passes that read the user's data: calibration rows (or, to specialize, the sample)
+        static = any(step in ("quantize-static", "nncf-quantize", "specialize-inputs")
+                     for step, _ in steps)
         if static and not calibration:
             continue
         pipeline = tuple(make_config(step, **params) for step, params in steps)

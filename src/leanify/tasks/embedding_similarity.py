@@ -88,7 +88,7 @@ class EmbeddingSimilarity(Task):
 
     def snippet_inputs(self, folder: str, artifact_meta: dict[str, Any],
                        max_length: int) -> list[str]:
-        return text.snippet_inputs(folder, max_length, ["A sentence to embed.", "Another one."])
+        return text.snippet_inputs(folder, max_length)
 
     def snippet_outputs(self, artifact_meta: dict[str, Any]) -> list[str]:
         return text.snippet_pooling(artifact_meta)

@@ -171,9 +171,12 @@ class Fidelity(Task):
     def snippet_inputs(self, folder: str, artifact_meta: dict[str, Any],
                        max_length: int) -> list[str]:
         if "tokenizer" not in artifact_meta:
-            return ['feeds = dict(np.load("example_inputs.npz"))  # an array per input name',
-                    "feeds = {k: v for k, v in feeds.items() if k in wanted}"]
-        return text.snippet_inputs(folder, max_length, ["A sentence to embed.", "Another one."])
+            folded = artifact_meta.get("folded_inputs") or {}
+            lines = ['feeds = dict(np.load("example_inputs.npz"))  # an array per input name']
+            lines += [f"assert feeds.get({k!r}, {v!r}) == {v!r}  # folded into the model"
+                      for k, v in folded.items()]
+            return [*lines, "feeds = {k: v for k, v in feeds.items() if k in wanted}"]
+        return text.snippet_inputs(folder, max_length)
 
     def snippet_outputs(self, artifact_meta: dict[str, Any]) -> list[str]:
         if artifact_meta.get("task") in text.EMBEDDING_TASKS and "tokenizer" in artifact_meta:

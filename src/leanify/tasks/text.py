@@ -18,6 +18,7 @@ from leanify.models.artifact import Artifact
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len", "weightedmean", "lasttoken")
 EMBEDDING_TASKS = ("sentence-embedding", "feature-extraction")
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+EXAMPLE_TEXTS = ["A sentence to embed.", "Another one."]  # what the usage snippet runs on
 
 
 def is_text_model(artifact: Artifact) -> bool:
@@ -79,7 +80,7 @@ def cast_inputs(artifact: Artifact, batch: dict[str, np.ndarray]) -> dict[str, n
                 array = array.astype(np.dtype(dtype))
             except TypeError:
                 pass
-        out[name] = np.ascontiguousarray(array)
+        out[name] = np.require(array, requirements="C")
     return out
 
 
@@ -258,7 +259,7 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def snippet_inputs(folder: str, max_length: int, texts: list[str]) -> list[str]:
+def snippet_inputs(folder: str, max_length: int, texts: list[str] = EXAMPLE_TEXTS) -> list[str]:
     """Snippet lines: a `tokenizers` tokenizer and `feeds` for two example texts."""
     quoted = "[" + ", ".join(f'"{t}"' for t in texts) + "]"
     return [

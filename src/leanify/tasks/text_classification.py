@@ -94,7 +94,7 @@ class TextClassification(Task):
 
     def snippet_inputs(self, folder: str, artifact_meta: dict[str, Any],
                        max_length: int) -> list[str]:
-        return text.snippet_inputs(folder, max_length, ["A great movie.", "A dull one."])
+        return text.snippet_inputs(folder, max_length)
 
     def snippet_outputs(self, artifact_meta: dict[str, Any]) -> list[str]:
         return ["predicted = outputs.argmax(axis=1)  # class ids (config.json: id2label)"]

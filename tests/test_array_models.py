@@ -1,0 +1,111 @@
+"""Array models end to end on the command line: silero-vad (PyPI `silero-vad` 6.2.3), its
+ONNX file and its TorchScript file, with .npz samples and a folder of .npz rows as data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+CLI = [sys.executable, "-m", "leanify.cli"]
+FAST = ["--rounds", "1", "--min-time", "0.2", "--min-iters", "5"]
+
+
+def leanify(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "jit"])
+def test_bench_runs_the_sample_at_its_own_length(fmt, silero_onnx, silero_jit, silero_data,
+                                                  tmp_path):
+    _, onnx_sample, _, jit_sample = silero_data
+    model, sample = (silero_onnx, onnx_sample) if fmt == "onnx" else (silero_jit, jit_sample)
+    out = tmp_path / "bench.json"
+    proc = leanify("bench", str(model), "--sample", str(sample), "-b", "1,4", *FAST,
+                   "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads(out.read_text())
+    assert record["workload"] == {"name": "arrays", "axes": ["batch", "samples"]}
+    shapes = {r["batch_size"]: r["input_shapes"] for r in record["results"]}
+    assert {r["seq_len"] for r in record["results"]} == {512}
+    first = "input" if fmt == "onnx" else "x"
+    assert shapes[4][first] == [4, 512] and shapes[4]["sr"] == []
+    if fmt == "onnx":
+        assert shapes[4]["state"] == [2, 4, 128]  # the batch is dim 1 of the state
+
+
+def test_doctor_writes_json_and_html(silero_onnx, silero_data, tmp_path):
+    _, sample, _, _ = silero_data
+    js, html = tmp_path / "doctor.json", tmp_path / "doctor.html"
+    proc = leanify("doctor", str(silero_onnx), "--sample", str(sample), "--json", str(js),
+                   "--html", str(html))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads(js.read_text())
+    points = record["latency"]["curve"]["points"]
+    assert {p["seq_len"] for p in points} == {512} and len(points) >= 2
+    assert record["verdict"]["command"] and "--sample" in record["verdict"]["command"]
+    assert "YOUR_NPZ_FOLDER" in record["verdict"]["command"]
+    assert record["sections"]["profile"]["status"] == "done"
+    assert "<html" in html.read_text().lower()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "jit"])
+def test_optimize_fidelity_on_npz_rows(fmt, silero_onnx, silero_jit, silero_data, tmp_path):
+    onnx_dir, onnx_sample, jit_dir, jit_sample = silero_data
+    model, data, sample = ((silero_onnx, onnx_dir, onnx_sample) if fmt == "onnx"
+                           else (silero_jit, jit_dir, jit_sample))
+    out = tmp_path / "run"
+    proc = leanify("optimize", str(model), "--task", "fidelity", "--data", str(data),
+                   "--sample", str(sample), "--out", str(out), "--rounds", "2", timeout=900)
+    record = json.loads((out / "leanify.json").read_text())
+    # the exit code says what the record says: 0 selected and every target met, else 3
+    assert proc.returncode == (0 if record["selected"] and record["targets_met"] else 3), \
+        proc.stderr[-3000:]
+    assert record["baseline"]["metric"] == {**record["baseline"]["metric"],
+                                           "name": "output_fidelity", "value": 100.0}
+    assert record["settings"]["batch_sizes"] == [1]  # the sample's own batch
+    by_name = {c["name"]: c for c in record["candidates"]}
+    expected = ("onnx-specialized", "torchscript-frozen")[fmt == "jit"]
+    trial = by_name[expected]
+    assert trial["status"] == "done", trial.get("reason")
+    assert trial["metric"]["value"] == pytest.approx(100.0, abs=1e-3)
+    assert trial["points"][0]["seq_len"] == 512
+    if fmt == "onnx":
+        assert trial["pass_meta"]["folded_inputs"] == {"sr": 16000}
+
+
+def test_the_snippet_of_a_specialized_model_runs_without_leanify(silero_onnx, silero_data,
+                                                                  tmp_path):
+    import shutil
+
+    from leanify.models.inputs import InputBuilder
+    from leanify.models.load import load
+    from leanify.passes.registry import PassContext, apply, make_config
+    from leanify.report.snippet import EXAMPLE_INPUTS, usage_snippet
+    from leanify.runtimes import open_runner
+
+    _, sample, _, _ = silero_data
+    source = load(silero_onnx)
+    ctx = PassContext(work_dir=tmp_path / "work", threads=1, sample=sample)
+    art = apply(source, make_config("specialize-inputs"), ctx)
+    out = tmp_path / "run"
+    shutil.copytree(art.path.parent, out / "model")
+    shutil.copy(sample, out / EXAMPLE_INPUTS)
+    selected = {"artifact": "model/model.onnx", "format": "onnx", "runtime": "onnxruntime",
+                "runtime_settings": {"intra_op_num_threads": 1}}
+    code = usage_snippet(out, selected, "fidelity", threads=1)
+    assert "assert feeds.get('sr', 16000) == 16000" in code
+    script = out / "snippet.py"
+    script.write_text(code + "\nnp.save('snippet_out.npy', outputs)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run([sys.executable, "-I", str(script)], cwd=out, capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "leanify" not in code.replace("leanify_model", "")
+    want = open_runner(source, 1).run(InputBuilder(source, sample).batch(1, 512))["output"]
+    np.testing.assert_allclose(np.load(out / "snippet_out.npy"), want, rtol=1e-5, atol=1e-6)

@@ -45,7 +45,7 @@ def test_specialize_folds_the_sample_rate_and_keeps_outputs(silero_onnx, silero_
 
 
 def test_specialize_refuses_when_the_data_varies(silero_onnx, silero_data, tmp_path):
-    onnx_dir, sample, _, _ = silero_data
+    onnx_dir, _, _, _ = silero_data
     varied = tmp_path / "varied"
     varied.mkdir()
     for i, f in enumerate(sorted(onnx_dir.glob("*.npz"))[:4]):

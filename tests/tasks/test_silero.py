@@ -60,6 +60,6 @@ def test_fidelity_on_npz_rows_is_exact_against_itself(fmt, silero_onnx, silero_j
 
 def test_rows_with_wrong_names_are_refused_before_running(silero_onnx, silero_data):
     _, _, jit_dir, _ = silero_data  # the TorchScript model's names (x, sr)
-    with pytest.raises(LeanifyError, match="names input.* x that the model does not have"):
+    with pytest.raises(LeanifyError, match=r"names input.* x that the model does not have"):
         evaluate(load(silero_onnx), read_dataset(jit_dir, "fidelity"), "fidelity",
                  reference={"0/output": np.zeros((1, 1))})

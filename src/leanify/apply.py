@@ -89,17 +89,15 @@ def _prepare(out: Path, source: Artifact, resume: bool) -> Path:
 
 
 def _calibration(source: Artifact, path: str | os.PathLike | None, size: int, max_length: int):
-    """Calibration batches from the user's file (texts of any leanify data format)."""
+    """Calibration batches from the user's file: the fidelity task's transform over its first
+    `size` rows (texts of any leanify data format, or .npz arrays)."""
     if path is None:
         return None
-    from leanify.measure.data import read_dataset, text_batches
+    from leanify import tasks
+    from leanify.measure.data import read_dataset
 
-    if source.tokenizer_path is None:
-        raise LeanifyError("calibration text needs the model's tokenizer, and it has none.",
-                           path=source.path, fix="Give a model folder with tokenizer files.")
-    texts = read_dataset(Path(path), "fidelity").all_texts()[:size]
-
-    def batches():
-        yield from text_batches(texts, source.tokenizer_path, 16, max_length, source.input_names)
-
-    return batches
+    dataset = read_dataset(Path(path), "fidelity")
+    fidelity = tasks.get("fidelity")
+    fidelity.check(source, dataset)  # a text file needs the model's tokenizer
+    rows = dataset.subset(range(min(size, len(dataset))))
+    return fidelity.calibration(source, rows, tasks.EvalSettings(16, max_length))

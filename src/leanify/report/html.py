@@ -231,43 +231,13 @@ def _runtime_line(selected: dict[str, Any]) -> str:
 
 def _snippet(record: dict[str, Any]) -> str:
     selected = record["selected"]
-    path = escape(selected["artifact"])
     if selected.get("snippet"):
         return (f"<p>{_runtime_line(selected)} Paths are relative to the run folder; the "
-                "snippet needs only the runtime and <code>tokenizers</code>, not leanify.</p>"
-                f"<pre>{escape(selected['snippet'])}</pre>")
-    if selected["format"] == "onnx":
-        folder = escape(_folder(selected["artifact"]))
-        code = (
-            "import numpy as np\n"
-            "import onnxruntime as ort\n"
-            "from tokenizers import Tokenizer\n\n"
-            f"session = ort.InferenceSession(\"{path}\", providers=[\"CPUExecutionProvider\"])\n"
-            f"tok = Tokenizer.from_file(\"{folder}/tokenizer.json\")\n"
-            "tok.enable_truncation(max_length=128)\n"
-            "tok.enable_padding()\n"
-            "enc = tok.encode_batch([\"A sentence to embed.\", \"Another one.\"])\n"
-            "feeds = {\n"
-            "    \"input_ids\": np.array([e.ids for e in enc], dtype=np.int64),\n"
-            "    \"attention_mask\": np.array([e.attention_mask for e in enc], dtype=np.int64),\n"
-            "    \"token_type_ids\": np.array([e.type_ids for e in enc], dtype=np.int64),\n"
-            "}\n"
-            "wanted = {i.name for i in session.get_inputs()}\n"
-            "outputs = session.run(None, {k: v for k, v in feeds.items() if k in wanted})\n"
-        )
-        if record.get("task") == "embedding-similarity":
-            code += (
-                "\n# sentence embedding: mean over real tokens, then L2-normalised\n"
-                "mask = feeds[\"attention_mask\"][..., None]\n"
-                "emb = (outputs[0] * mask).sum(1) / mask.sum(1)\n"
-                "emb /= np.linalg.norm(emb, axis=1, keepdims=True)\n"
-            )
-    else:
-        code = (f"import leanify\nrunner = leanify.open_runner(leanify.load('{path}'))\n"
-                "outputs = runner.run(batch)  # dict of numpy arrays")
-    return (f"<p>Paths are relative to the run folder. Runtime: "
-            f"<b>{escape(str(selected.get('runtime')))}</b>.</p><pre>{code}</pre>")
-
-
-def _folder(artifact: str) -> str:
-    return artifact.rsplit("/", 1)[0] if "/" in artifact else "."
+                "snippet needs only the runtime (and <code>tokenizers</code> for text), not "
+                f"leanify.</p><pre>{escape(selected['snippet'])}</pre>")
+    # runtimes without a plain-runtime recipe (TorchScript, torch.export): leanify's runner
+    path = escape(selected["artifact"])
+    code = (f"import leanify\nrunner = leanify.open_runner(leanify.load('{path}'))\n"
+            "outputs = runner.run(batch)  # dict of numpy arrays")
+    return (f"<p>{_runtime_line(selected)} Paths are relative to the run folder.</p>"
+            f"<pre>{code}</pre>")

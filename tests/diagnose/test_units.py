@@ -118,9 +118,16 @@ def test_estimates_say_likely_or_no_never_meets():
     assert too_far["expected"] == "no" and "NOT" in too_far["statement"]
 
 
-def test_torchscript_gets_no_command_and_default_budgets_apply():
+def test_torchscript_gets_the_freeze_command_and_pt2_the_export_advice():
     v = verdict.decide(record(30.0, None, fmt="torchscript"), "m.pt", None, None)
-    assert v["claim"] is None and v["command"] is None
+    assert v["command"].startswith("leanify optimize m.pt --task fidelity")
+    assert v["claim"]["expected"] == "meets" and "already runs 30.00 ms" in v["claim"]["basis"]
     assert v["budgets"]["latency_ms"] == 2000.0 and v["budgets"]["memory_mb"] == 6400
     assert not v["needs_optimizing"]
-    assert any(r["action"] == "export" for r in v["recommendations"])
+    freeze = next(r for r in v["recommendations"] if r["action"] == "optimize")
+    assert "freeze" in freeze["title"].lower() and freeze["command"] == v["command"]
+    slow = verdict.decide(record(3000.0, None, fmt="torchscript"), "m.pt", None, None)
+    assert slow["claim"]["expected"] == "uncertain"  # no int8 estimate for TorchScript
+    pt2 = verdict.decide(record(30.0, None, fmt="pt2"), "m.pt2", None, None)
+    assert pt2["claim"] is None and pt2["command"] is None
+    assert any(r["action"] == "export" for r in pt2["recommendations"])

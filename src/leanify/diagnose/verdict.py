@@ -23,7 +23,8 @@ MEMORY_SHARE = 0.8
 SLOWER_WITH_THREADS = 0.8  # all cores this much slower than one: a system problem
 MARGIN = 0.8  # claim a budget is met only with 20% to spare
 INT8_FACTOR = 2.0  # estimated speed-up of int8 on the variable (non-overhead) part
-OPTIMIZE_FORMATS = ("hf", "onnx")
+OPTIMIZE_FORMATS = ("hf", "onnx")  # optimize exports, fuses and quantizes these
+CLAIM_FORMATS = (*OPTIMIZE_FORMATS, "torchscript")  # optimize takes these
 
 
 def _typical_p50(record: dict[str, Any]) -> float | None:
@@ -174,12 +175,20 @@ def _recommendations(record: dict[str, Any], typ: float | None, overhead: dict[s
         recs.append(_rec("optimize", "Export, fuse and quantize with leanify optimize",
                          "Faster runtime and int8 matrix products, each candidate checked "
                          "against your data.", gain, risk, risk_text))
-    elif fmt in ("torchscript", "pt2"):
+    elif fmt == "torchscript":
+        recs.append(_rec("optimize", "Freeze it for inference with leanify optimize",
+                         "TorchScript that the exporters refuse still gains from torch.jit.freeze "
+                         "(and optimize_for_inference: folded batch norms, oneDNN convolutions),"
+                         " each candidate checked against your data.",
+                         {"kind": "estimated", "speedup": None,
+                          "text": "not estimated: optimize measures each candidate"},
+                         "low", "outputs are checked on consecutive calls (carried state)"))
+    elif fmt == "pt2":
         recs.append(_rec("export", "Export to ONNX, then run leanify optimize",
-                         f"leanify optimize takes Hugging Face folders and ONNX files, not "
-                         f"{fmt}; export with torch.onnx.export and run the doctor on the "
-                         ".onnx file.", {"kind": "estimated", "speedup": None,
-                                         "text": "not measured for this format"},
+                         "leanify optimize takes Hugging Face folders, ONNX and TorchScript "
+                         "files, not pt2; export with torch.onnx.export and run the doctor on "
+                         "the .onnx file.", {"kind": "estimated", "speedup": None,
+                                             "text": "not measured for this format"},
                          "low", "an export is checked against the source by the doctor's rerun"))
     ctx = record.get("context") or {}
     costs = (ctx.get("padding") or {}).get("strategies")
@@ -265,7 +274,7 @@ def _claim(record: dict[str, Any], b: dict[str, Any], typ: float | None,
            overhead: dict[str, Any], model_ref: str, data_ref: str | None,
            task: str | None) -> dict[str, Any] | None:
     fmt = record["inventory"]["format"]
-    if fmt not in OPTIMIZE_FORMATS or typ is None:
+    if fmt not in CLAIM_FORMATS or typ is None:
         return None
     point = b["point"]
     targets = {"--batch-size": point["batch_size"], "--max-latency-ms": b["latency_ms"]}
@@ -306,6 +315,10 @@ def _claim(record: dict[str, Any], b: dict[str, Any], typ: float | None,
     else:
         expected, basis = "uncertain", (f"estimated {estimate:.2f} ms with int8, within 20% "
                                         f"of the {budget:g} ms budget")
+    if fmt not in OPTIMIZE_FORMATS:  # no int8 here: only what was measured counts
+        expected, basis = ("meets", f"measured: the model already runs {typ:.2f} ms, and "
+                           "optimize keeps only faster candidates") if typ <= MARGIN * budget \
+            else ("uncertain", "freezing is not estimated: optimize measures it")
     memory = None
     if "--max-memory-mb" in targets:
         limit = targets["--max-memory-mb"]

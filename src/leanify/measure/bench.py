@@ -258,15 +258,16 @@ class BenchSession:
         if self.rounds >= self.settings.rounds:
             self.tick(self._total(), self._total(), "done")
 
-    def record(self) -> dict[str, Any]:
-        """The bench record of the rounds run so far (the same format as `bench()`)."""
+    def record(self, probe: bool = True) -> dict[str, Any]:
+        """The bench record of the rounds run so far (the same format as `bench()`).
+        `probe=False` skips sampling how busy the machine is (a half-second pause)."""
         if self.rounds == 0:
             raise ValueError("no round was measured")
         machine = dict(self.machine)
         # A busy machine inflates times: record the load around the run.
         machine["load_average_start"] = machine.pop("load_average", None)
         machine["load_average_end"] = load_average_now()
-        machine["cpu_busy_after"] = self.probe()
+        machine["cpu_busy_after"] = self.probe() if probe else None
         settings = replace(self.settings, rounds=self.rounds)
         return _record(self.entries, self.points, settings, self.threads, machine,
                        self.bare_mb, self.started, datetime.now(UTC))

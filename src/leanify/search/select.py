@@ -242,7 +242,9 @@ def _geomean(values: list[float]) -> float:
 
 
 def pareto_front(points: list[dict[str, Any]]) -> list[str]:
-    """Names of the trials no other trial beats on both latency (lower) and metric (higher)."""
+    """Names of the trials no other trial beats on both latency (lower) and metric (higher).
+    A trial whose metric is not a finite number is on no front."""
+    points = [p for p in points if _finite(p["metric"]["value"])]
     front = []
     for a in points:
         dominated = any(

@@ -395,7 +395,8 @@ def _final_bench(source: Artifact, chosen: list[dict[str, Any]], baseline: dict[
                 continue
             elapsed = time.monotonic() - t0
             per_round = elapsed / sess.rounds
-            if len(chosen) == 1 or sess.rounds >= limit \
+            # more rounds only sharpen latency; size is exact, peak memory is a first visit
+            if len(chosen) == 1 or settings.objective != "latency" or sess.rounds >= limit \
                     or elapsed + per_round > settings.final_budget_s:
                 break
             fields = _final_fields(sess.record(probe=False))

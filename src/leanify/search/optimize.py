@@ -389,12 +389,13 @@ def _final_bench(source: Artifact, chosen: list[dict[str, Any]], baseline: dict[
     limit = max(first, settings.final_max_rounds)
     t0 = time.monotonic()
     with deps.session([source, *artifacts], _bench_settings(settings, threads, first)) as sess:
+        t_rounds = time.monotonic()  # loading the models is not a round
         while True:
             sess.run_round()
             if sess.rounds < first:
                 continue
             elapsed = time.monotonic() - t0
-            per_round = elapsed / sess.rounds
+            per_round = (time.monotonic() - t_rounds) / sess.rounds
             # more rounds only sharpen latency; size is exact, peak memory is a first visit
             if len(chosen) == 1 or settings.objective != "latency" or sess.rounds >= limit \
                     or elapsed + per_round > settings.final_budget_s:

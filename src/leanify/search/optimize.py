@@ -194,9 +194,9 @@ def _optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
         training = Training(data=tuple(Path(p).resolve() for p in settings.transfer_data),
                             budget_min=settings.training_budget_min)
     candidates = deps.plan(source, only=settings.candidates, calibration=len(calibration) > 0,
-                      batch_sizes=tuple(settings.batch_sizes),
-                      isa_flags=isa_flags, training=training,
-                      max_drop=settings.targets.max_drop)
+                           batch_sizes=tuple(settings.batch_sizes),
+                           isa_flags=isa_flags, training=training,
+                           max_drop=settings.targets.max_drop)
 
     identity = {
         "model": str(source.path), "model_sha256": source.sha256(),

@@ -1,7 +1,8 @@
 """`leanify optimize`: baseline -> candidate pipelines -> gate -> measure -> select -> report.
 
 Every trial is written to a SQLite record in the run folder as it finishes; `resume=True`
-reads it back and re-runs nothing that finished. Pass outputs appear atomically, so a kill at
+reads it back, re-runs nothing that finished (only internal failures are retried) and
+re-judges every cached trial under the current targets. Pass outputs appear atomically, so a kill at
 any moment leaves either a finished artifact or none.
 """
 

@@ -2,8 +2,8 @@
 
 Every trial is written to a SQLite record in the run folder as it finishes; `resume=True`
 reads it back, re-runs nothing that finished (only internal failures are retried) and
-re-judges every cached trial under the current targets. Pass outputs appear atomically, so a kill at
-any moment leaves either a finished artifact or none.
+re-judges every cached trial under the current targets. Pass outputs appear atomically, so a
+kill at any moment leaves either a finished artifact or none.
 """
 
 from __future__ import annotations

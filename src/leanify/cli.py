@@ -146,7 +146,10 @@ def optimize(
     seq_len: Annotated[str, typer.Option("--seq-len", "-s")] = "128",
     threads: Annotated[int | None, typer.Option(
         help="Threads per model (default: all usable cores).", show_default=False)] = None,
-    rounds: Annotated[int, typer.Option(help="Interleaved timing rounds per candidate.")] = 2,
+    rounds: Annotated[int, typer.Option(help="Interleaved timing rounds per candidate.")] = 3,
+    final_budget_s: Annotated[float, typer.Option(
+        help="Seconds the finalists' side-by-side run may add rounds to tell the best apart "
+             "from the runner-up.")] = 180.0,
     calibration_size: Annotated[int, typer.Option(
         help="Rows held out of --data for calibration (never evaluated on).")] = 300,
     calibration_data: Annotated[Path | None, typer.Option(
@@ -197,6 +200,7 @@ def optimize(
                         max_size_mb=max_size_mb, max_memory_mb=max_memory_mb),
         batch_sizes=tuple(_ints(batch_size, "--batch-size")) if batch_size else (),
         seq_lens=tuple(_ints(seq_len, "--seq-len")), threads=threads, rounds=rounds,
+        final_budget_s=final_budget_s,
         calibration_size=calibration_size, calibration_data=calibration_data, resume=resume,
         candidates=[c.strip() for c in candidates.split(",")] if candidates else None,
         text_col=text_col, pair_cols=pairs, label_col=label_col, score_col=score_col,
@@ -482,12 +486,34 @@ def _fail(exc: Exception) -> None:
         err.print(f"[bold red]error:[/] {escape(exc.render())}", highlight=False,
                   soft_wrap=True)
         sys.exit(exc.exit_code)
+    saved = _save_traceback(exc)
+    where = f"the traceback is in {saved}" if saved else "re-run with --debug for the traceback"
+    first = (str(exc).strip().splitlines() or [""])[0]
     err.print(
-        f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}\n"
-        "This is a bug in leanify. Re-run with --debug for the traceback and report it.",
+        f"[bold red]internal error:[/] {type(exc).__name__}: {escape(first)} — a bug in "
+        f"leanify; {escape(where)}; please report it.",
         highlight=False, soft_wrap=True,
     )
     sys.exit(1)
+
+
+def _save_traceback(exc: BaseException) -> str | None:
+    """Where the traceback of an internal error lies: the run folder's copy when the command
+    saved one (optimize: OUT/errors/), else a new file in the temp folder."""
+    import tempfile
+    import traceback
+
+    saved = getattr(exc, "traceback_file", None)
+    if saved and Path(saved).is_file():
+        return str(saved)
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        fd, path = tempfile.mkstemp(prefix="leanify-crash-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError:
+        return None
+    return path
 
 
 if __name__ == "__main__":

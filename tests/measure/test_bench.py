@@ -78,8 +78,13 @@ def test_ratios_against_the_first_model(two_models):
         base_row = next(r for r in record["results"] if r["model"] == base
                         and (r["batch_size"], r["seq_len"]) == (row["batch_size"], row["seq_len"]))
         assert vs["baseline"] == base
+        # paired by round: the geometric mean of the per-round ratios of medians
+        per_round = [b / c for b, c in zip(base_row["round_p50_ms"], row["round_p50_ms"],
+                                           strict=True)]
+        assert vs["speedup_rounds"] == pytest.approx(per_round, rel=1e-3)
         assert vs["speedup"] == pytest.approx(
-            base_row["latency_ms"]["p50"] / row["latency_ms"]["p50"], rel=1e-3)
+            (per_round[0] * per_round[1]) ** 0.5, rel=1e-3)
+        assert vs["speedup_ci_method"] == "paired-rounds-t"
         assert vs["speedup_ci95"][0] <= vs["speedup"] <= vs["speedup_ci95"][1]
 
 

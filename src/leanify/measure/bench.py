@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -150,69 +150,138 @@ def bench(
     The first model is the baseline: every other model gets ratios against it.
     """
     settings = settings or BenchSettings()
-    settings.check()
-    if not models:
-        raise LeanifyError("no model to benchmark.", fix="Name at least one model.")
-    threads = settings.threads or usable_cores()
-    with tempfile.TemporaryDirectory(prefix="leanify-bench-") as scratch:
-        entries = _resolve(models, settings, Path(scratch))
+    with BenchSession(models, settings, progress) as session:
+        for _ in range(settings.rounds):
+            session.run_round()
+        return session.record()
+
+
+Spawn = Callable[[dict[str, str], str], Any]  # (env, label) -> a measuring process
+Probe = Callable[[], "float | None"]  # share of the CPU others keep busy right now
+
+
+class BenchSession:
+    """The measuring processes of one side-by-side run, kept alive between rounds.
+
+    `run_round()` measures every point once for every model, back to back (round r: for each
+    point: for each model), so a caller can add rounds until the answer it needs is clear.
+    `spawn` makes one measuring process (anything with `ask(request) -> reply` and `close()`,
+    speaking the worker's protocol); `probe` samples how busy the machine is.
+    """
+
+    def __init__(self, models: Sequence[str | os.PathLike | Artifact],
+                 settings: BenchSettings | None = None, progress: Progress | None = None,
+                 spawn: Spawn | None = None, probe: Probe | None = None):
+        self.settings = settings or BenchSettings()
+        self.settings.check()
+        if not models:
+            raise LeanifyError("no model to benchmark.", fix="Name at least one model.")
+        self.models = models
+        self.spawn = spawn or _Child
+        self.probe = probe or cpu_busy_fraction
+        self.threads = self.settings.threads or usable_cores()
+        self.points: list[tuple[int, int]] = []  # known once the models are loaded
+        self.rounds = 0
+        self._done = 0
+        self.tick = progress or (lambda _d, _t, _w: None)
+        self.children: list[Any] = []
+        self.entries: list[_Model] = []
+        self._scratch: tempfile.TemporaryDirectory | None = None
+
+    def __enter__(self) -> BenchSession:
+        try:
+            self.open()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        settings = self.settings
+        self._scratch = tempfile.TemporaryDirectory(prefix="leanify-bench-")
+        self.entries = _resolve(self.models, settings, Path(self._scratch.name))
         # Smallest first: round 1 then sees each point's memory before larger points grow the
         # allocators' pools, and that first visit is the peak RSS reported for the point.
-        points = workload.points(entries[0].artifact, settings.batch_sizes, settings.seq_lens,
-                                 settings.sample)
-        started = datetime.now(UTC)
-        machine = machine_info()
-        machine["cpu_busy_before"] = cpu_busy_fraction()
-        bare_mb = memory.bare_interpreter_rss_mb()
-        children: list[_Child] = []
-        total = len(entries) * (1 + len(points) * settings.rounds)
-        done = 0
-        tick = progress or (lambda _d, _t, _w: None)
-        try:
-            env = child_env(threads)
-            for entry in entries:  # load one at a time, so loads do not compete for the cores
-                tick(done, total, f"loading {entry.name}")
-                child = _Child(env, entry.name)
-                children.append(child)
-                entry.info = child.ask({
-                    "cmd": "load", "source": entry.source, "name": entry.name,
-                    "threads": threads, "sample": settings.sample,
-                    "tokenizer": (str(entry.artifact.tokenizer_path)
-                                  if entry.artifact.tokenizer_path else None),
-                    "trust_pickle": settings.trust_pickle,
+        self.points = workload.points(self.entries[0].artifact, settings.batch_sizes,
+                                      settings.seq_lens, settings.sample)
+        self.started = datetime.now(UTC)
+        self.machine = machine_info()
+        self.machine["cpu_busy_before"] = self.probe()
+        self.bare_mb = memory.bare_interpreter_rss_mb()
+        env = child_env(self.threads)
+        for entry in self.entries:  # one at a time: loads must not compete for the cores
+            self.tick(self._done, self._total(), f"loading {entry.name}")
+            child = self.spawn(env, entry.name)
+            self.children.append(child)
+            entry.info = child.ask({
+                "cmd": "load", "source": entry.source, "name": entry.name,
+                "threads": self.threads, "sample": settings.sample,
+                "tokenizer": (str(entry.artifact.tokenizer_path)
+                              if entry.artifact.tokenizer_path else None),
+                "trust_pickle": settings.trust_pickle,
+            })
+            for point in self.points:  # build and check every batch before any timing
+                reply = child.ask({"cmd": "prepare", "batch_size": point[0],
+                                   "seq_len": point[1]})
+                entry.shapes[point] = reply["shapes"]
+            self._done += 1
+
+    def _total(self, rounds: int | None = None) -> int:
+        rounds = max(self.settings.rounds, rounds or 0, self.rounds)
+        return len(self.entries) * (1 + len(self.points) * rounds)
+
+    def run_round(self, of: int | None = None) -> None:
+        """One more round: every point, every model back to back at that point."""
+        settings = self.settings
+        of = of or max(settings.rounds, self.rounds + 1)
+        for point in self.points:
+            for entry, child in zip(self.entries, self.children, strict=True):
+                self.tick(self._done, self._total(of),
+                          f"round {self.rounds + 1}/{of} · {entry.name} · "
+                          f"batch {point[0]} × seq {point[1]}")
+                reply = child.ask({
+                    "cmd": "measure", "batch_size": point[0], "seq_len": point[1],
+                    "warmup_s": settings.warmup_s, "min_iters": settings.min_iters,
+                    "min_time_s": settings.min_time_s, "max_time_s": settings.max_time_s,
                 })
-                for point in points:  # build and check every batch before any timing
-                    reply = child.ask({"cmd": "prepare", "batch_size": point[0],
-                                       "seq_len": point[1]})
-                    entry.shapes[point] = reply["shapes"]
-                done += 1
-            for r in range(settings.rounds):
-                for point in points:
-                    for entry, child in zip(entries, children, strict=True):
-                        tick(done, total, f"round {r + 1}/{settings.rounds} · {entry.name} · "
-                                          f"batch {point[0]} × seq {point[1]}")
-                        reply = child.ask({
-                            "cmd": "measure", "batch_size": point[0], "seq_len": point[1],
-                            "warmup_s": settings.warmup_s, "min_iters": settings.min_iters,
-                            "min_time_s": settings.min_time_s, "max_time_s": settings.max_time_s,
-                        })
-                        entry.samples.setdefault(point, []).extend(reply["samples_ms"])
-                        entry.round_medians.setdefault(point, []).append(
-                            stats.percentiles(reply["samples_ms"])["p50"])
-                        entry.peaks.setdefault(point, reply["peak_rss_mb"])
-                        entry.process_peak = max(entry.process_peak, reply["peak_rss_mb"])
-                        entry.first_ms.setdefault(point, reply["first_run_ms"])
-                        done += 1
-            tick(total, total, "done")
-        finally:
-            for child in children:
-                child.close()
-        finished = datetime.now(UTC)
+                entry.samples.setdefault(point, []).extend(reply["samples_ms"])
+                entry.round_medians.setdefault(point, []).append(
+                    stats.percentiles(reply["samples_ms"])["p50"])
+                entry.peaks.setdefault(point, reply["peak_rss_mb"])
+                entry.process_peak = max(entry.process_peak, reply["peak_rss_mb"])
+                entry.first_ms.setdefault(point, reply["first_run_ms"])
+                self._done += 1
+        self.rounds += 1
+        if self.rounds >= self.settings.rounds:
+            self.tick(self._total(), self._total(), "done")
+
+    def record(self, probe: bool = True) -> dict[str, Any]:
+        """The bench record of the rounds run so far (the same format as `bench()`).
+        `probe=False` skips sampling how busy the machine is (a half-second pause)."""
+        if self.rounds == 0:
+            raise ValueError("no round was measured")
+        machine = dict(self.machine)
         # A busy machine inflates times: record the load around the run.
         machine["load_average_start"] = machine.pop("load_average", None)
         machine["load_average_end"] = load_average_now()
-        machine["cpu_busy_after"] = cpu_busy_fraction()
-    return _record(entries, points, settings, threads, machine, bare_mb, started, finished)
+        machine["cpu_busy_after"] = self.probe() if probe else None
+        settings = replace(self.settings, rounds=self.rounds)
+        return _record(self.entries, self.points, settings, self.threads, machine,
+                       self.bare_mb, self.started, datetime.now(UTC))
+
+    def close(self) -> None:
+        for child in self.children:
+            try:
+                child.close()
+            except Exception:  # a dead process must not hide the error that killed it
+                pass
+        self.children = []
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
 
 
 def _resolve(
@@ -330,14 +399,7 @@ def _record(
                 "params": models_out[-1]["params"],
             }
             if entry is not base:
-                base_samples = base.samples[point]
-                lo, hi = stats.ratio_ci(base_samples, samples)
-                row["vs_baseline"] = {
-                    "baseline": base.name,
-                    "speedup": round(stats.percentiles(base_samples)["p50"] / p50, 4),
-                    "speedup_ci95": [round(lo, 4), round(hi, 4)],
-                    "latency_ratio": round(p50 / stats.percentiles(base_samples)["p50"], 4),
-                }
+                row["vs_baseline"] = _vs_baseline(base, entry, point, p50)
             results.append(row)
     warnings = []
     busy = max(machine.get("cpu_busy_before") or 0.0, machine.get("cpu_busy_after") or 0.0)
@@ -360,6 +422,29 @@ def _record(
         "workload": workload.for_artifact(entries[0].artifact).as_dict(),
         "models": models_out,
         "results": results,
+    }
+
+
+def _vs_baseline(base: _Model, entry: _Model, point: tuple[int, int], p50: float
+                 ) -> dict[str, Any]:
+    """Speed-up over the baseline from the paired rounds (see stats): the geometric mean of
+    the per-round ratios baseline p50 / model p50, and a t-interval over rounds. With one
+    round there is no spread to go by: the interval is the bootstrap over that round's
+    samples, marked as such."""
+    base_rounds, rounds = base.round_medians[point], entry.round_medians[point]
+    speedup, lo, hi = stats.paired_ratio_ci(base_rounds, rounds)
+    method = "paired-rounds-t"
+    if lo is None or hi is None:
+        lo, hi = stats.ratio_ci(base.samples[point], entry.samples[point])
+        method = "bootstrap-one-round"
+    base_p50 = stats.percentiles(base.samples[point])["p50"]
+    return {
+        "baseline": base.name,
+        "speedup": round(speedup, 4),
+        "speedup_ci95": [round(lo, 4), round(hi, 4)],
+        "speedup_rounds": [round(x, 4) for x in stats.paired_ratios(base_rounds, rounds)],
+        "speedup_ci_method": method,
+        "latency_ratio": round(p50 / base_p50, 4),
     }
 
 

@@ -13,7 +13,8 @@ ISA_FLAGS = (
     "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "asimd",
     "asimddp", "sve", "i8mm", "bf16",
 )
-PACKAGES = ("torch", "onnxruntime", "onnx", "transformers", "tokenizers", "numpy", "leanify")
+PACKAGES = ("torch", "onnxruntime", "onnx", "openvino", "nncf", "transformers", "tokenizers",
+            "numpy", "leanify")
 
 
 def cpu_info() -> dict:

@@ -59,6 +59,7 @@ def render_optimize(record: dict[str, Any]) -> str:
         "joins the Pareto front: no other candidate is both faster and more accurate. Latency "
         "is the p50 at the primary point (smallest batch, longest sequence); the finalists were "
         "measured together in one interleaved run.</p>",
+        _selection(record.get("selection") or {}),
         "<h2>Every candidate</h2>",
         _candidates_table(cands, selected),
     ]
@@ -74,6 +75,16 @@ def render_optimize(record: dict[str, Any]) -> str:
         "</body></html>",
     ]
     return "\n".join(parts)
+
+
+def _selection(selection: dict) -> str:
+    """How the finalists were told apart (leanify.json's `selection`), in one line."""
+    if not selection.get("finalists"):
+        return ""
+    rounds = selection.get("rounds")
+    return (f"<p class='small'>Finalists: {escape(', '.join(selection['finalists']))}"
+            f"{f' ({rounds} rounds side by side)' if rounds else ''}. Selection: "
+            f"{escape(selection.get('rule') or '')}.</p>")
 
 
 def _versions(record: dict[str, Any]) -> str:
@@ -124,7 +135,8 @@ def _ran_with(trial: dict[str, Any]) -> str:
 
 def _chart(base: dict[str, Any], cands: list[dict[str, Any]], front: list[str],
            selected: dict[str, Any] | None) -> str:
-    pts = [c for c in cands if c.get("status") == "done" and "latency_ms" in c]
+    pts = [c for c in cands if c.get("status") == "done" and "latency_ms" in c
+           and math.isfinite(c["metric"]["value"])]  # a NaN metric has no place on the axis
     if not pts:
         return "<p>No candidate finished, so there is nothing to plot.</p>"
     base_lat = base.get("latency_ms", {}).get("p50")

@@ -1,8 +1,9 @@
 """`leanify optimize`: baseline -> candidate pipelines -> gate -> measure -> select -> report.
 
 Every trial is written to a SQLite record in the run folder as it finishes; `resume=True`
-reads it back and re-runs nothing that finished. Pass outputs appear atomically, so a kill at
-any moment leaves either a finished artifact or none.
+reads it back, re-runs nothing that finished (only internal failures are retried) and
+re-judges every cached trial under the current targets. Pass outputs appear atomically, so a
+kill at any moment leaves either a finished artifact or none.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -22,13 +25,20 @@ from pathlib import Path
 from typing import Any
 
 from leanify.errors import LeanifyError
-from leanify.measure.bench import BenchSettings, bench, write_json
+from leanify.measure.bench import BenchSession, BenchSettings, Probe, Spawn, write_json
 from leanify.measure.machine import machine_info, usable_cores
 from leanify.models.artifact import Artifact
 from leanify.models.load import load
-from leanify.passes.registry import PassContext, run_pipeline
+from leanify.passes.registry import PassConfig, PassContext, run_pipeline
 from leanify.search.plan import Candidate, Training, plan
-from leanify.search.select import OBJECTIVES, Targets, choose, judge, pareto_front, score
+from leanify.search.select import (
+    OBJECTIVES,
+    Targets,
+    finalists,
+    judge,
+    pareto_front,
+    select_final,
+)
 from leanify.search.store import TrialStore
 
 SCHEMA_VERSION = 1
@@ -45,7 +55,13 @@ class OptimizeSettings:
     batch_sizes: tuple[int, ...] = ()  # (): the workload's default (workload.default_batches)
     seq_lens: tuple[int, ...] = (128,)
     threads: int | None = None
-    rounds: int = 2
+    # Three short rounds rather than two long ones: the speed-up's interval comes from the
+    # spread of per-round paired ratios, and two rounds leave one degree of freedom.
+    rounds: int = 3
+    # The finalists' side-by-side run adds rounds until the best is separated from the
+    # runner-up, for at most this long (and at most final_max_rounds rounds).
+    final_budget_s: float = 180.0
+    final_max_rounds: int = 12
     calibration_size: int = 300
     calibration_data: Path | None = None  # else a calibration split is held out of `data`
     max_length: int = 128
@@ -68,6 +84,11 @@ class OptimizeSettings:
         if self.objective not in OBJECTIVES:
             raise LeanifyError(f"unknown objective '{self.objective}'.",
                                fix=f"Choose one of: {', '.join(OBJECTIVES)}.")
+        if self.rounds < 1:
+            raise LeanifyError("--rounds must be at least 1.", fix="Use e.g. --rounds 3.")
+        if self.final_budget_s < 0:
+            raise LeanifyError("--final-budget-s must be zero or more.",
+                               fix="Use e.g. --final-budget-s 180.")
         if self.targets.max_drop < 0:
             raise LeanifyError("--max-drop must be zero or more.", fix="Use e.g. --max-drop 0.5.")
         if self.training_budget_min is not None:
@@ -87,13 +108,64 @@ class OptimizeSettings:
                                        fix="Check the --transfer-data path.")
 
 
+@dataclass
+class Dependencies:
+    """What the search loop calls to plan, build, score and time candidates.
+
+    The defaults are the real ones; tests pass scripted fakes (a planner returning their own
+    candidates, an evaluator returning set metrics, and measuring processes answering the
+    worker's protocol with set timings) to test the loop itself without real models.
+    """
+
+    plan: Callable[..., list[Candidate]] = plan
+    build: Callable[[Artifact, Sequence[PassConfig], PassContext], Artifact] = run_pipeline
+    # (artifact, dataset, settings, threads, reference) -> metric record; None: _evaluate
+    evaluate: Callable[..., dict[str, Any]] | None = None
+    spawn: Spawn | None = None  # a measuring process (bench's worker by default)
+    probe: Probe | None = None  # how busy the machine is (machine.cpu_busy_fraction)
+
+    def score(self, artifact: Artifact, dataset, settings: OptimizeSettings, threads: int,
+              reference: str | None = None) -> dict[str, Any]:
+        return (self.evaluate or _evaluate)(artifact, dataset, settings, threads, reference)
+
+    def session(self, models: Sequence[Artifact], settings: BenchSettings) -> BenchSession:
+        return BenchSession(models, settings, spawn=self.spawn, probe=self.probe)
+
+
+# Per-round timing: short rounds (several rounds of paired ratios tell more than one long
+# one); min_iters 3 keeps the slowest points (batch 32 x 128 tokens, ~0.3 s a run on 2 cores)
+# near the time that two rounds of 5 iterations took.
+TRIAL_TIMING = {"warmup_s": 0.2, "min_iters": 3, "min_time_s": 0.3}
+
+
 def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
-             progress: Progress | None = None) -> dict[str, Any]:
-    """Run the whole search; return the record also written to OUT/leanify.json."""
+             progress: Progress | None = None,
+             deps: Dependencies | None = None) -> dict[str, Any]:
+    """Run the whole search; return the record also written to OUT/leanify.json.
+
+    An internal error (not a LeanifyError) escaping the run leaves its traceback in
+    OUT/errors/ and names that file in the exception's `traceback_file`.
+    """
+    settings.check()
+    deps = deps or Dependencies()
+    out_dir: list[Path] = []
+    try:
+        return _optimize(model, settings, progress, deps, out_dir)
+    except LeanifyError:
+        raise
+    except Exception as exc:
+        if out_dir:
+            exc.traceback_file = str(_save_error(out_dir[0], "crash",  # type: ignore[attr-defined]
+                                                 traceback.format_exc()))
+        raise
+
+
+def _optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
+              progress: Progress | None, deps: Dependencies, out_dir: list[Path]
+              ) -> dict[str, Any]:
     from leanify import tasks
     from leanify.measure.data import read_dataset, split
 
-    settings.check()
     task = tasks.get(settings.task)
     tick = progress or (lambda _d, _t, _w: None)
     source = load(model, trust_pickle=settings.trust_pickle)
@@ -107,6 +179,7 @@ def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
 
         settings.batch_sizes = default_batches(source, settings.sample)
     out = _prepare_out(settings.out, source, settings.resume)
+    out_dir.append(out)
     threads = settings.threads or usable_cores()
     if settings.calibration_data is not None:
         calib_set = read_dataset(settings.calibration_data, settings.task,
@@ -126,10 +199,10 @@ def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
     if settings.training_budget_min is not None:
         training = Training(data=tuple(Path(p).resolve() for p in settings.transfer_data),
                             budget_min=settings.training_budget_min)
-    candidates = plan(source, only=settings.candidates, calibration=len(calibration) > 0,
-                      batch_sizes=tuple(settings.batch_sizes),
-                      isa_flags=isa_flags, training=training,
-                      max_drop=settings.targets.max_drop)
+    candidates = deps.plan(source, only=settings.candidates, calibration=len(calibration) > 0,
+                           batch_sizes=tuple(settings.batch_sizes),
+                           isa_flags=isa_flags, training=training,
+                           max_drop=settings.targets.max_drop)
 
     identity = {
         "model": str(source.path), "model_sha256": source.sha256(),
@@ -154,7 +227,9 @@ def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
                 f"holds a run with other settings ({', '.join(changed)} differ), so it cannot "
                 "be resumed.", path=out, fix="Choose another --out, or repeat the first run's "
                 "settings.")
-        store.set_run({"identity": identity, "started": time.time()})
+        judging = {"targets": asdict(settings.targets), "objective": settings.objective}
+        rejudged = bool(previous) and previous.get("judging") != judging
+        store.set_run({"identity": identity, "judging": judging, "started": time.time()})
         started = datetime.now(UTC)
         total = 1 + 3 * len(candidates)
         done = 0
@@ -173,7 +248,7 @@ def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
             if task.needs_reference:  # the original's outputs, kept for every trial
                 reference = str(out / "work" / "reference.npz")
                 _reference(source, evaluation, threads, settings.max_length, reference)
-            metric = _evaluate(source, evaluation, settings, threads, reference)
+            metric = deps.score(source, evaluation, settings, threads, reference)
             baseline = {"name": "baseline", "passes": [], "metric": metric,
                         "format": source.format, "artifact": str(source.path),
                         "size_mb": _size_mb(source), "params": source.meta.get("params"),
@@ -181,12 +256,16 @@ def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
             store.put("baseline", "baseline", 0, "done", baseline, t0)
         done += 1
         results: list[dict[str, Any]] = []
+        keys: dict[str, str] = {}
         for position, candidate in enumerate(candidates, 1):
-            key = _trial_key(identity, candidate)
+            # keyed by what determines the measurements, never by targets or objective
+            key = keys[candidate.name] = _trial_key(identity, candidate)
             cached = store.get(key)
-            if cached is not None:
+            if cached is not None and not _retry(cached):
                 done += 3
                 tick(done, total, f"{candidate.name}: already done")
+                if cached["status"] == "done":  # re-judged: targets may have changed
+                    judge(cached, baseline, settings.targets)
                 results.append(cached)
                 continue
             t0 = time.time()
@@ -195,24 +274,39 @@ def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
                 tick(start + step, total, f"{name}: {what}")
 
             trial = _run_trial(candidate, source, baseline, evaluation, settings, threads, ctx,
-                               say)
+                               say, deps)
             done += 3
+            if trial.get("traceback"):
+                trial["error_file"] = str(
+                    _save_error(out, candidate.name, trial["traceback"]).relative_to(out))
+            if cached is not None:
+                trial["attempts"] = cached.get("attempts", 1) + 1
             if trial["status"] == "done":
                 judge(trial, baseline, settings.targets)
             store.put(key, candidate.name, position, trial["status"], trial, t0)
             results.append(trial)
-        # keyed by the candidate set, so a resume with other --candidates measures anew
-        final_key = "final-bench-" + hashlib.sha256(
-            ",".join(_trial_key(identity, c) for c in candidates).encode()).hexdigest()[:12]
-        final = store.get(final_key)
+        chosen = finalists([r for r in results if r["status"] == "done"], settings.objective)
+        # keyed by the finalist set (and what was measured, and the objective that decides
+        # when the finalists are told apart): other targets or objective that change the
+        # finalists measure them anew
+        final_key = "final-bench-" + hashlib.sha256(json.dumps(
+            {"identity": identity, "objective": settings.objective,
+             "finalists": sorted(keys[r["name"]] for r in chosen)},
+            sort_keys=True).encode()).hexdigest()[:12]
+        final = store.get(final_key) if chosen else {"finalists": [], "models": []}
         if final is None:
             tick(total, total, "measuring the finalists side by side")
-            final = _final_bench(source, results, settings, threads)
+            final = _final_bench(source, chosen, baseline, settings, threads, deps,
+                                 lambda _d, _t, what: tick(total, total, what))
             store.put(final_key, "final-bench", len(candidates) + 1, "done", final, time.time())
         _apply_final(results, final, baseline, settings.targets)
         tick(total, total, "writing the report")
+        warnings = list(final.get("warnings", []))
+        if rejudged:
+            warnings.append("the targets or objective differ from the first run's: every "
+                            "cached trial was re-judged from its stored measurements")
         record = _finish(out, source, baseline, results, settings, identity, started,
-                         final.get("warnings", []))
+                         warnings, final)
     finally:
         store.close()
     return record
@@ -223,71 +317,133 @@ def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
 
 def _run_trial(candidate: Candidate, source: Artifact, baseline: dict[str, Any], evaluation,
                settings: OptimizeSettings, threads: int, ctx: PassContext,
-               say: Callable[[str, int], None]) -> dict[str, Any]:
+               say: Callable[[str, int], None],
+               deps: Dependencies | None = None) -> dict[str, Any]:
+    deps = deps or Dependencies()
     trial: dict[str, Any] = {"name": candidate.name, "passes": candidate.passes(),
                              "status": "failed", "accepted": False}
     try:
         say("building", 0)
-        artifact = run_pipeline(source, candidate.pipeline, ctx)
+        artifact = deps.build(source, candidate.pipeline, ctx)
         trial.update(artifact=str(artifact.path), format=artifact.format,
                      size_mb=_size_mb(artifact), params=artifact.meta.get("params"),
                      pass_meta={k: v for k, v in artifact.meta.items()
                                 if k in ("fusions", "quantization", "precision", "exporter",
                                          "runtime", "runtime_check", "folded_inputs")})
         say("evaluating", 1)
-        trial["metric"] = _evaluate(artifact, evaluation, settings, threads,
-                                    reference=baseline.get("reference"))
+        trial["metric"] = deps.score(artifact, evaluation, settings, threads,
+                                     baseline.get("reference"))
         say("measuring against the baseline", 2)
-        record = bench([source, artifact], BenchSettings(
-            batch_sizes=settings.batch_sizes, seq_lens=settings.seq_lens, threads=threads,
-            rounds=settings.rounds, warmup_s=0.3, min_iters=5, min_time_s=0.5,
-            sample=str(settings.sample) if settings.sample else None))
-    except LeanifyError as exc:
+        with deps.session([source, artifact], _bench_settings(settings, threads,
+                                                              settings.rounds)) as session:
+            for _ in range(settings.rounds):
+                session.run_round()
+            record = session.record()
+    except LeanifyError as exc:  # the input cannot be optimized this way: not retried
         trial["reason"] = f"failed: {exc.render()}"
+        trial["error_kind"] = "input"
         return trial
     except Exception as exc:  # a bug in one pass must not sink the other candidates
         trial["reason"] = f"failed with an internal error: {type(exc).__name__}: {exc}"
+        trial["error_kind"] = "internal"  # retried by --resume
+        trial["traceback"] = traceback.format_exc()
         return trial
     trial.update(_latency_fields(record))
     trial["status"] = "done"
     return trial
 
 
-FINALISTS = 4
+def _retry(cached: dict[str, Any]) -> bool:
+    """A trial that failed for an internal reason (a bug, a measuring process that died) is
+    run again on resume; one that failed on its input, or was judged, is not."""
+    if cached.get("status") != "failed":
+        return False
+    kind = cached.get("error_kind")
+    if kind is None:  # records written before error kinds
+        return str(cached.get("reason", "")).startswith("failed with an internal error")
+    return kind == "internal"
 
 
-def _final_bench(source: Artifact, results: list[dict[str, Any]], settings: OptimizeSettings,
-                 threads: int) -> dict[str, Any]:
-    """The best accepted trials and the baseline in ONE interleaved run.
+def _save_error(out: Path, name: str, text: str) -> Path:
+    """OUT/errors/<name>.txt with the full traceback, written atomically."""
+    folder = out / "errors"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / (re.sub(r"[^A-Za-z0-9._-]+", "_", name) + ".txt")
+    _write_text(target, text)
+    return target
+
+
+def _bench_settings(settings: OptimizeSettings, threads: int, rounds: int) -> BenchSettings:
+    return BenchSettings(batch_sizes=settings.batch_sizes, seq_lens=settings.seq_lens,
+                         threads=threads, rounds=rounds,
+                         sample=str(settings.sample) if settings.sample else None,
+                         **TRIAL_TIMING)
+
+
+def _final_bench(source: Artifact, chosen: list[dict[str, Any]], baseline: dict[str, Any],
+                 settings: OptimizeSettings, threads: int, deps: Dependencies | None = None,
+                 tick: Progress | None = None) -> dict[str, Any]:
+    """The finalists and the baseline in ONE interleaved run, until the best is told apart.
 
     Each trial was timed against the baseline on its own; comparing trials through those
-    separate runs lets a noisy minute pick the winner. The finalists are measured together.
+    separate runs lets a noisy minute pick the winner. The finalists are measured together,
+    round after round, until the best one's paired interval against every other finalist
+    excludes a tie, or `final_budget_s` (or `final_max_rounds`) is spent.
     """
-    accepted = [r for r in results if r.get("accepted")]
-    finalists = sorted(accepted, key=lambda r: score(r, settings.objective))[:FINALISTS]
-    if not finalists:
+    deps = deps or Dependencies()
+    tick = tick or (lambda _d, _t, _w: None)
+    if not chosen:
         return {"finalists": [], "models": []}
-    artifacts = [load(r["artifact"], name=r["name"]) for r in finalists]
-    record = bench([source, *artifacts], BenchSettings(
-        batch_sizes=settings.batch_sizes, seq_lens=settings.seq_lens, threads=threads,
-        rounds=settings.rounds + 1, warmup_s=0.3, min_iters=5, min_time_s=0.5,
-        sample=str(settings.sample) if settings.sample else None))
+    artifacts = [load(r["artifact"], name=r["name"]) for r in chosen]
+    first = max(3, settings.rounds)
+    limit = max(first, settings.final_max_rounds)
+    t0 = time.monotonic()
+    with deps.session([source, *artifacts], _bench_settings(settings, threads, first)) as sess:
+        t_rounds = time.monotonic()  # loading the models is not a round
+        while True:
+            sess.run_round()
+            if sess.rounds < first:
+                continue
+            elapsed = time.monotonic() - t0
+            per_round = (time.monotonic() - t_rounds) / sess.rounds
+            # more rounds only sharpen latency; size is exact, peak memory is a first visit
+            if len(chosen) == 1 or settings.objective != "latency" or sess.rounds >= limit \
+                    or elapsed + per_round > settings.final_budget_s:
+                break
+            fields = _final_fields(sess.record(probe=False))
+            trials = [{**r, **fields[r["name"]], "finalist": True} for r in chosen]
+            for trial in trials:
+                judge(trial, baseline, settings.targets)
+            _chosen, how = select_final(trials, settings.objective)
+            if len(how.get("tied", [])) <= 1:
+                break
+            tick(0, 0, f"finalists not yet told apart ({', '.join(how['tied'])}): "
+                       f"round {sess.rounds + 1}")
+        record = sess.record()
+    return {"finalists": [r["name"] for r in chosen], "fields": _final_fields(record),
+            "models": record["models"], "warnings": record.get("warnings", []),
+            "rounds": sess.rounds, "wall_s": round(time.monotonic() - t0, 1),
+            "budget_s": settings.final_budget_s}
+
+
+def _final_fields(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
     fields = {}
     for model in record["models"][1:]:
         sub = {"models": [record["models"][0], model],
                "results": [r for r in record["results"]
                            if r["model"] in (record["models"][0]["name"], model["name"])]}
         fields[model["name"]] = _latency_fields(sub)
-    return {"finalists": [r["name"] for r in finalists], "fields": fields,
-            "models": record["models"], "warnings": record.get("warnings", [])}
+    return fields
 
 
 def _apply_final(results: list[dict[str, Any]], final: dict[str, Any], baseline: dict[str, Any],
                  targets: Targets) -> None:
-    """Finalists take their latency from the side-by-side run (trial runs are kept apart)."""
+    """Finalists take their latency from the side-by-side run (trial runs are kept apart);
+    only they can be selected."""
     for trial in results:
         fields = final.get("fields", {}).get(trial["name"])
         if fields is None:
+            trial["finalist"] = False
             continue
         trial.setdefault("trial_points", trial["points"])
         trial.update(fields)
@@ -309,6 +465,7 @@ def _latency_fields(record: dict[str, Any]) -> dict[str, Any]:
             "baseline_latency_ms": {k: base["latency_ms"][k] for k in ("p50", "p90", "p99")},
             "speedup": row["vs_baseline"]["speedup"],
             "speedup_ci95": row["vs_baseline"]["speedup_ci95"],
+            "speedup_rounds": row["vs_baseline"].get("speedup_rounds"),
             "throughput_per_s": row["throughput_per_s"],
             "peak_rss_mb": row["peak_rss_mb"], "baseline_peak_rss_mb": base["peak_rss_mb"],
         })
@@ -437,9 +594,14 @@ def _prepare_out(out: Path, source: Artifact, resume: bool) -> Path:
 
 def _finish(out: Path, source: Artifact, baseline: dict[str, Any], results: list[dict[str, Any]],
             settings: OptimizeSettings, identity: dict[str, Any], started: datetime,
-            warnings: list[str]) -> dict[str, Any]:
+            warnings: list[str], final: dict[str, Any] | None = None) -> dict[str, Any]:
     done = [r for r in results if r["status"] == "done"]
-    selected = choose(done, settings.objective)
+    selected, selection = select_final(done, settings.objective)  # finalists only
+    final = final or {}
+    if final.get("finalists"):  # best estimates first, as measured side by side
+        selection["finalists"] = final["finalists"]
+    selection.update(rounds=final.get("rounds"), budget_s=final.get("budget_s"),
+                     wall_s=final.get("wall_s"))
     baseline_entry = dict(baseline)
     if selected is not None:  # the baseline's latency from the selected trial's own bench
         baseline_entry["latency_ms"] = selected["baseline_latency_ms"]
@@ -471,6 +633,8 @@ def _finish(out: Path, source: Artifact, baseline: dict[str, Any], results: list
             "objective": settings.objective, "targets": asdict(settings.targets),
             "batch_sizes": list(settings.batch_sizes), "seq_lens": list(settings.seq_lens),
             "threads": identity["threads"], "rounds": settings.rounds,
+            "final_budget_s": settings.final_budget_s,
+            "final_max_rounds": settings.final_max_rounds,
             "calibration_size": settings.calibration_size, "max_length": settings.max_length,
         },
         "machine": machine,
@@ -481,8 +645,9 @@ def _finish(out: Path, source: Artifact, baseline: dict[str, Any], results: list
         "candidates": results,
         "pareto_front": pareto_front([r for r in done if "latency_ms" in r]),
         "selected": selected_out,
+        "selection": selection,
         "targets_met": selected is not None and not misses,
-        "verdict": _verdict(selected, misses, results, settings),
+        "verdict": _verdict(selected, misses, results, settings, selection),
         "warnings": warnings,
     }
     write_json(record, out / "leanify.json")
@@ -533,7 +698,7 @@ def install_model(out: Path, artifact_path: str | os.PathLike, name: str,
     }
 
 
-def _verdict(selected, misses, results, settings) -> str:
+def _verdict(selected, misses, results, settings, selection=None) -> str:
     if selected is None:
         failed = [f"{r['name']}: {r.get('reason', 'failed')}" for r in results]
         return "No candidate passed the gates, so no model was written. " + " | ".join(failed)
@@ -541,6 +706,9 @@ def _verdict(selected, misses, results, settings) -> str:
             f"{selected['metric']['value']:.2f} (drop {selected['metric_drop']:.2f}), "
             f"{_geo_speedup(selected):.2f}× faster (geometric mean over the measured points), "
             f"{selected.get('size_mb', 0):.1f} MB.")
+    selection = selection or {}
+    if selection.get("tie_within_pct") is not None or len(selection.get("tied", [])) > 1:
+        text += f" Among the finalists: {selection['rule']}."
     if misses:
         text += " Targets not met — best so far kept: " + "; ".join(misses) + "."
     return text

@@ -1,7 +1,9 @@
 """The trial record: a SQLite file in the run folder, written as each trial finishes.
 
 A run stopped by Ctrl-C or `kill -9` resumes from it: finished trials are read back, never
-re-run. SQLite commits are atomic, so a kill mid-write leaves the previous state intact.
+re-run (only those that failed on an internal error are tried again), and re-judged from their
+stored measurements. SQLite commits are atomic, so a kill mid-write leaves the previous state
+intact.
 """
 
 from __future__ import annotations

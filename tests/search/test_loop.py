@@ -160,10 +160,14 @@ def fresh_script():
 
 
 @pytest.fixture
-def source(tmp_path) -> Artifact:
+def source(tmp_path, minilm_path) -> Artifact:
+    """A one-node text model with a real tokenizer beside it (the task's checks need one)."""
+    import shutil
+
     folder = tmp_path / "source-model"
     folder.mkdir()
     _write_onnx(folder / "source.onnx")
+    shutil.copy(minilm_path / "tokenizer.json", folder / "tokenizer.json")
     return load(folder / "source.onnx", name="source")
 
 

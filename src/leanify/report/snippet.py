@@ -31,8 +31,8 @@ def usage_snippet(out: Path, selected: dict[str, Any], task: str, threads: int,
     if (Path(out) / folder / "tokenizer.json").is_file():
         meta["tokenizer"] = f"{folder}/tokenizer.json"
     name = selected.get("runtime") or runtimes.default_for(selected["format"]).name
-    runtime = runtimes.get(name)
-    if runtime.snippet is None:
+    runtime = runtimes.all_runtimes().get(name)
+    if runtime is None or runtime.snippet is None:
         return None
     spec = tasks.get(task)
     head = runtime.snippet(path, selected.get("runtime_settings") or {}, threads)

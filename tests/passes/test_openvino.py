@@ -190,7 +190,7 @@ def test_runtime_settings_refuse_what_the_runtime_lacks(tiny_ir, tiny_hf, ctx):
         apply(tiny_ir, make_config("runtime-settings", allow_spinning=False), ctx)
     with pytest.raises(LeanifyError, match="performance_hint='FAST' is invalid"):
         apply(tiny_ir, make_config("runtime-settings", performance_hint="FAST"), ctx)
-    with pytest.raises(LeanifyError, match="takes onnx or openvino"):
+    with pytest.raises(LeanifyError, match="runs on torch-eager"):
         apply(load(tiny_hf), make_config("runtime-settings", inference_precision="f32"), ctx)
     with pytest.raises(LeanifyError, match="no setting"):
         apply(tiny_ir, make_config("runtime-settings"), ctx)

@@ -46,7 +46,10 @@ def record(selected: bool = True) -> dict:
         "candidates": cands, "pareto_front": ["onnx-fp32", "onnx-int8-dynamic",
                                               "onnx-int8-static"],
         "selected": {"name": "onnx-int8-dynamic", "artifact": "model/model.onnx",
-                     "format": "onnx", "runtime": "onnxruntime"} if selected else None,
+                     "format": "onnx", "runtime": "onnxruntime",
+                     "snippet": 'session = ort.InferenceSession("model/model.onnx", opts)\n'
+                                "outputs = run(feeds)  # <first output>\n"}
+        if selected else None,
         "targets_met": selected,
         "verdict": "Selected onnx-int8-dynamic" if selected else "No candidate passed.",
     }
@@ -59,7 +62,16 @@ def test_report_is_self_contained_and_escaped(tmp_path):
     assert "<svg" in html and "polyline" in html  # chart with a Pareto line
     assert "onnx-int8-dynamic" in html and "2.70×" in html
     assert "&lt;b&gt;x&lt;/b&gt;" in html
-    assert 'InferenceSession("model/model.onnx"' in html
+    assert "InferenceSession(&quot;model/model.onnx&quot;" in html  # the record's snippet
+    assert "# &lt;first output&gt;" in html
+
+
+def test_a_runtime_without_a_plain_recipe_gets_leanifys_runner():
+    rec = record()
+    rec["selected"] = {"name": "torchscript-frozen", "artifact": "model/model.pt",
+                       "format": "torchscript", "runtime": "torchscript", "snippet": None}
+    html = render_optimize(rec)
+    assert "leanify.open_runner(leanify.load('model/model.pt'))" in html
 
 
 def test_report_without_a_selection_says_so():

@@ -116,9 +116,13 @@ def test_optimize_with_training_measures_a_student(tiny_hf, tmp_path):
                "--allow-training", "--transfer-data", SAMPLE, "--training-budget-min", "0.2",
                "--max-drop", "100", "--rounds", "1", "--batch-size", "1", "--seq-len", "16",
                timeout=600)
-    assert proc.returncode in (0, 3), proc.stderr
+    # --max-drop 100 and a one-layer int8 ONNX student of a model this small (PyTorch's
+    # per-call overhead dominates the baseline): the student passes, is selected, exit 0
+    assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((out / "leanify.json").read_text())
     student = record["candidates"][0]
     assert student["name"] == "student-onnx-int8-dynamic"
     assert student["status"] == "done", student
     assert any(p.startswith("distill") for p in student["passes"])
+    assert student["accepted"], student["reason"]
+    assert record["selected"]["name"] == "student-onnx-int8-dynamic" and record["targets_met"]

@@ -132,7 +132,7 @@ def test_jsonl_labels_as_strings(tmp_path):
 
 
 def test_parquet(tmp_path):
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = tmp_path / "data.parquet"
@@ -145,7 +145,8 @@ def test_parquet(tmp_path):
 
 
 def test_unreadable_parquet(tmp_path):
-    pytest.importorskip("pyarrow")
+    import pyarrow  # noqa: F401  required (the all extra): missing, this fails
+
     path = tmp_path / "broken.parquet"
     path.write_bytes(b"PAR1 not really a parquet file")
     assert "Parquet" in str(_error(path, "fidelity"))

@@ -10,11 +10,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import nncf  # noqa: F401  required (the all extra): a missing runtime fails, never skips
 import numpy as np
+import openvino  # noqa: F401  required (the all extra): a missing runtime fails, never skips
 import pytest
-
-pytest.importorskip("openvino")
-pytest.importorskip("nncf")
 
 from leanify.measure.machine import usable_cores
 from leanify.models.load import load
@@ -153,12 +152,15 @@ def stsb_rows(tmp_path: Path, rows: int) -> Path:
 
 
 def test_optimize_records_runtime_and_precision(tiny_hf, tmp_path):
+    """On a model this small PyTorch's per-call overhead dominates the baseline: openvino-fp32
+    runs several times faster at both points (int8 may not: its quantize steps cost more than
+    they save here), --max-drop 50 passes it, so an OpenVINO model is selected, exit 0."""
     out = tmp_path / "run"
     proc = optimize(str(tiny_hf), "--task", "fidelity", "--data", str(stsb_rows(tmp_path, 80)),
                     "--out", str(out), "--candidates", "openvino-int8,openvino-fp32",
                     "--batch-size", "1,4", "--seq-len", "32", "--rounds", "1",
                     "--calibration-size", "20", "--max-drop", "50")
-    assert proc.returncode in (0, 3), proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((out / "leanify.json").read_text())
     cands = {c["name"]: c for c in record["candidates"]}
     for c in cands.values():
@@ -170,9 +172,7 @@ def test_optimize_records_runtime_and_precision(tiny_hf, tmp_path):
     # 20 calibration pairs: up to 40 distinct texts, one calibration row each
     assert 20 <= cands["openvino-int8"]["pass_meta"]["quantization"]["calibration_rows"] <= 40
     selected = record["selected"]
-    if selected is None:  # nothing faster than PyTorch on a busy machine: said, exit 3
-        assert proc.returncode == 3
-        return
+    assert selected is not None and record["targets_met"] is True, record["verdict"]
     assert selected["runtime"] == "openvino"
     assert selected["runtime_settings"]["inference_precision"] in ("f32", "bf16")
     assert "import openvino as ov" in selected["snippet"]
@@ -188,8 +188,10 @@ def test_minilm_openvino_int8_scores_and_its_snippet_matches(tmp_path):
                     "--data", str(stsb_rows(tmp_path, 300)), "--out", str(out),
                     "--calibration-data", str(STSB.with_name("sts-dev.csv")),
                     "--candidates", "openvino-int8", "--batch-size", "1,8", "--seq-len", "64",
-                    "--rounds", "1", "--calibration-size", "100", "--max-drop", "1.5")
-    assert proc.returncode in (0, 3), proc.stderr[-3000:]
+                    "--rounds", "1", "--calibration-size", "100", "--max-drop", "5")
+    # the gate is generous (the score is checked below, to 1.5) and int8 runs faster than
+    # PyTorch eager at both points (2x or more at batch 8), so it is selected: exit 0
+    assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((out / "leanify.json").read_text())
     int8 = record["candidates"][0]
     assert int8["status"] == "done", int8.get("reason")
@@ -197,9 +199,7 @@ def test_minilm_openvino_int8_scores_and_its_snippet_matches(tmp_path):
     assert base > 80  # MiniLM on real STS-B pairs
     assert abs(int8["metric"]["value"] - base) < 1.5  # static int8 keeps the embedding
     assert int8["pass_meta"]["quantization"]["ops"]["FakeQuantize"] >= 36
-    if record["selected"] is None:
-        assert proc.returncode == 3
-        return
+    assert record["selected"]["name"] == "openvino-int8", record["verdict"]
     got = run_snippet(record["selected"]["snippet"], out)
     want = leanify_embeddings(out / record["selected"]["artifact"])
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)

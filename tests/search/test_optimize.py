@@ -32,6 +32,8 @@ def optimize(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def minilm_run(tmp_path_factory):
+    """Both keep the score (int8 drops ~0.003 of 2.0 allowed); int8 runs about twice as fast
+    as PyTorch eager or more at both points: a model is selected, no target is set, exit 0."""
     tmp = tmp_path_factory.mktemp("optimize")
     data = stsb_subset(tmp, 240)
     out = tmp / "run"
@@ -43,7 +45,7 @@ def minilm_run(tmp_path_factory):
 
 def test_record_fields(minilm_run):
     proc, out, _ = minilm_run
-    assert proc.returncode in (0, 3), proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((out / "leanify.json").read_text())
     assert record["schema_version"] == 1
     assert record["baseline"]["metric"]["name"]
@@ -68,10 +70,9 @@ def test_selected_model_is_installed_and_loads_with_plain_onnxruntime(minilm_run
     proc, out, _ = minilm_run
     record = json.loads((out / "leanify.json").read_text())
     selected = record["selected"]
-    if selected is None:  # nothing faster on a busy machine: the run must say so, exit 3
-        assert proc.returncode == 3 and "No candidate" in record["verdict"]
-        return
-    assert proc.returncode == (0 if record["targets_met"] else 3)
+    assert selected is not None, record["verdict"]
+    assert selected["name"] in ("onnx-fp32", "onnx-int8-dynamic")
+    assert record["targets_met"] is True and proc.returncode == 0
     import numpy as np
     import onnxruntime as ort
 
@@ -106,7 +107,7 @@ def test_resume_reruns_nothing(minilm_run):
     proc = optimize("minilm", "--task", "embedding-similarity", "--data", str(data),
                     "--out", str(out), "--candidates", "onnx-fp32,onnx-int8-dynamic",
                     "--max-drop", "2.0", "--resume", *QUICK)
-    assert proc.returncode in (0, 3), proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-3000:]  # the same record: selected, exit 0
     assert _trial_times(out) == before  # every finished trial was read back, none re-run
     assert time.time() - start < 60
 
@@ -135,34 +136,36 @@ def test_impossible_target_ends_cleanly_and_explains(tmp_path, minilm_run):
     assert proc.returncode == 3, proc.stderr[-2000:]
     record = json.loads((out / "leanify.json").read_text())
     assert record["targets_met"] is False
-    if record["selected"]:
-        assert "latency" in record["verdict"] and "target 0.001 ms" in record["verdict"]
-        assert (out / record["selected"]["artifact"]).exists()  # best so far kept
+    # int8 passes the gate (faster, same score), so it is kept as the best so far
+    assert record["selected"]["name"] == "onnx-int8-dynamic", record["verdict"]
+    assert "latency" in record["verdict"] and "target 0.001 ms" in record["verdict"]
+    assert (out / record["selected"]["artifact"]).exists()
 
 
 def test_a_candidate_over_max_drop_is_never_selected(tmp_path, minilm_run):
     _, _, data = minilm_run
     out = tmp_path / "strict"
-    # A negative allowance would be refused; zero drop with fp32 rounding noise may pass, so
-    # compare what was selected against the gate itself.
-    proc = optimize("minilm", "--task", "embedding-similarity", "--data", str(data),
-                    "--out", str(out), "--candidates", "onnx-fp32,onnx-int8-dynamic",
-                    "--max-drop", "0.0", *QUICK)
-    assert proc.returncode in (0, 3), proc.stderr[-2000:]
+    # Fidelity to the original: dynamic int8 drops ~0.7 (of 100), well over the 0.1 allowed,
+    # so the gate rejects it however fast it is: nothing passes, no model is written, exit 3.
+    proc = optimize("minilm", "--task", "fidelity", "--data", str(data), "--out", str(out),
+                    "--candidates", "onnx-int8-dynamic", "--max-drop", "0.1", *QUICK)
+    assert proc.returncode == 3, proc.stderr[-2000:]
     record = json.loads((out / "leanify.json").read_text())
-    for c in record["candidates"]:
-        if c.get("metric_drop", 0) > 0:
-            assert not c["accepted"] and "accuracy gate" in c["reason"]
-    if record["selected"]:
-        chosen = next(c for c in record["candidates"] if c["name"] == record["selected"]["name"])
-        assert chosen["metric_drop"] <= 0.0
+    (int8,) = record["candidates"]
+    assert int8["status"] == "done" and int8["metric_drop"] > 0.1, int8.get("reason")
+    assert not int8["accepted"] and "accuracy gate" in int8["reason"]
+    assert record["selected"] is None and record["targets_met"] is False
+    assert record["verdict"].startswith("No candidate passed")
+    assert not (out / "model").exists()
+    assert "No candidate passed" in (out / "report.html").read_text()
 
 
 def test_kill_minus_9_then_resume_finishes_without_rerunning(tmp_path):
     data = stsb_subset(tmp_path, 120)
     out = tmp_path / "killed"
+    # int8 drops ~0.7 of the fidelity: allowed 5, it passes and is faster, so both runs exit 0
     args = ["minilm", "--task", "fidelity", "--data", str(data), "--out", str(out),
-            "--candidates", "onnx-fp32,onnx-int8-dynamic", *QUICK]
+            "--candidates", "onnx-fp32,onnx-int8-dynamic", "--max-drop", "5", *QUICK]
     proc = subprocess.Popen([*CLI, "optimize", *args, "--quiet"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 400
@@ -178,7 +181,7 @@ def test_kill_minus_9_then_resume_finishes_without_rerunning(tmp_path):
     first = _trial_times(out)
     assert len(first) == 2
     resumed = optimize(*args, "--resume")
-    assert resumed.returncode in (0, 3), resumed.stderr[-3000:]
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = _trial_times(out)
     assert len(after) == 3
     assert all(after[k] == v for k, v in first.items())  # not re-run

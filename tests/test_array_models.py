@@ -61,16 +61,18 @@ def test_optimize_fidelity_on_npz_rows(fmt, silero_onnx, silero_jit, silero_data
                            else (silero_jit, jit_dir, jit_sample))
     out = tmp_path / "run"
     proc = leanify("optimize", str(model), "--task", "fidelity", "--data", str(data),
-                   "--sample", str(sample), "--out", str(out), "--rounds", "2", timeout=900)
+                   "--sample", str(sample), "--out", str(out), timeout=900)
     record = json.loads((out / "leanify.json").read_text())
-    # the exit code says what the record says: 0 selected and every target met, else 3
-    assert proc.returncode == (0 if record["selected"] and record["targets_met"] else 3), \
-        proc.stderr[-3000:]
+    # measured here (2 threads, quiet): the folded graph 1.34x, the frozen script 1.17x at
+    # batch 1, both bit-exact: a model is selected and every target is met
+    assert proc.returncode == 0, (proc.stderr[-3000:], record["verdict"])
+    expected = ("onnx-specialized", "torchscript-frozen")[fmt == "jit"]
+    allowed = {"onnx": {expected}, "jit": {expected, "torchscript-optimized"}}[fmt]
+    assert record["selected"]["name"] in allowed, record["verdict"]
     assert record["baseline"]["metric"] == {**record["baseline"]["metric"],
                                            "name": "output_fidelity", "value": 100.0}
     assert record["settings"]["batch_sizes"] == [1]  # the sample's own batch
     by_name = {c["name"]: c for c in record["candidates"]}
-    expected = ("onnx-specialized", "torchscript-frozen")[fmt == "jit"]
     trial = by_name[expected]
     assert trial["status"] == "done", trial.get("reason")
     assert trial["metric"]["value"] == pytest.approx(100.0, abs=1e-3)

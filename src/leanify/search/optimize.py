@@ -173,6 +173,7 @@ def _optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
     dataset = read_dataset(settings.data, settings.task, text_col=settings.text_col,
                            pair_cols=settings.pair_cols, label_col=settings.label_col,
                            score_col=settings.score_col)
+    _check_out_location(settings.out, source)
     task.check(source, dataset)
     if not settings.batch_sizes:
         from leanify.measure.workload import default_batches
@@ -567,7 +568,8 @@ def _calibration_batches(source: Artifact, calibration, max_length: int):
 # --- output ----------------------------------------------------------------------------
 
 
-def _prepare_out(out: Path, source: Artifact, resume: bool) -> Path:
+def _check_out_location(out: Path, source: Artifact) -> Path:
+    """--out is never the input model's folder nor inside it."""
     out = Path(out).expanduser().resolve()
     if source.path is not None:
         model_root = source.path if source.path.is_dir() else source.path.parent
@@ -575,6 +577,11 @@ def _prepare_out(out: Path, source: Artifact, resume: bool) -> Path:
             raise LeanifyError(
                 "is inside or next to the input model; leanify never writes there.", path=out,
                 fix="Choose an --out folder outside the model's folder.")
+    return out
+
+
+def _prepare_out(out: Path, source: Artifact, resume: bool) -> Path:
+    out = _check_out_location(out, source)
     if out.exists() and not out.is_dir():
         raise LeanifyError("exists and is not a folder.", path=out,
                            fix="Choose a new --out folder.")

@@ -3,10 +3,11 @@ parameters and attributes that are never written; `optimize_for_inference` also 
 norms and moves convolutions to oneDNN).
 
 For models that cannot leave TorchScript (the ONNX exporter and torch.export's TorchScript
-converter both refuse silero-vad's scripted control flow), this is the optimization left.
-Measured on silero-vad 6.2.3 (2 threads, one process, interleaved, CPU shared): batch 16 ×
-512 samples 7.7 ms scripted, 2.1 ms optimized for inference; batch 1 within noise of each
-other. Outputs are checked on two calls in a row (stateful models carry state between calls).
+converter both refuse silero-vad's scripted control flow), this is the optimization left; the
+search's gate decides whether it pays. On silero-vad 6.2.3 (2 threads, `leanify bench`, each
+model in its own process, quiet machine) the frozen model ran 0.90x to 1.17x the scripted
+one from run to run at batch 1, and about the same at batch 16: no reliable gain there.
+Outputs are checked on two calls in a row (stateful models carry state between calls).
 """
 
 from __future__ import annotations

@@ -69,6 +69,7 @@ class Task:
     min_rows: ClassVar[int] = 1
     needs_reference: ClassVar[bool] = False  # scores against the original model's outputs
     plain_text: ClassVar[bool] = False  # reads a .txt file, one text per line
+    row_word: ClassVar[str] = "rows"  # what a row is, for messages
     summary: ClassVar[str] = ""
 
     # --- reading ---------------------------------------------------------------------------
@@ -88,7 +89,7 @@ class Task:
     def check_rows(self, dataset: Dataset) -> None:
         if len(dataset) < self.min_rows:
             raise LeanifyError(
-                f"holds {len(dataset)} rows; task '{self.name}' needs at least "
+                f"holds {len(dataset)} {self.row_word}; task '{self.name}' needs at least "
                 f"{self.min_rows}.", path=dataset.path,
                 fix="Give more rows (a few hundred for a stable score).")
 
@@ -124,13 +125,7 @@ class Task:
         """The original model's outputs on the rows (tasks with needs_reference)."""
         raise NotImplementedError(f"task {self.name} compares with no reference")
 
-    # --- measuring and the snippet -----------------------------------------------------------
-
-    def workload(self, artifact: Artifact) -> str:
-        """What a measured point is for this task's models (see measure/workload.py)."""
-        from leanify.measure.workload import for_artifact
-
-        return for_artifact(artifact).name
+    # --- the snippet -----------------------------------------------------------
 
     def snippet_inputs(self, folder: str, artifact_meta: dict[str, Any],
                        max_length: int) -> list[str]:

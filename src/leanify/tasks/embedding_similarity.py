@@ -22,6 +22,7 @@ class EmbeddingSimilarity(Task):
     reads = ("pair", "score")
     metric = "spearman"
     min_rows = 3  # Spearman needs 3 pairs to be meaningful at all
+    row_word = "sentence pairs"
     summary = "sentence pairs + gold score: Spearman x100 of the embeddings' cosine"
 
     def extract(self, path: Path, names: list[str], rows: list, columns: Columns) -> Dataset:
@@ -39,11 +40,7 @@ class EmbeddingSimilarity(Task):
         return Dataset(path, self.name, pairs=pairs, scores=scores, lines=[n for n, _ in rows])
 
     def check_rows(self, dataset: Dataset) -> None:
-        if len(dataset) < self.min_rows:
-            raise LeanifyError(
-                f"holds {len(dataset)} sentence pairs; task '{self.name}' needs at least "
-                f"{self.min_rows}.", path=dataset.path,
-                fix="Give more rows (a few hundred for a stable score).")
+        super().check_rows(dataset)
         if len(set(dataset.scores or [])) < 2:
             raise LeanifyError(
                 "every gold score is the same; a rank correlation (Spearman) is undefined.",

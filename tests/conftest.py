@@ -279,3 +279,69 @@ def silero_data(tmp_path_factory):
                  sr=np.array(16000))
         np.savez(jit_dir / f"chunk{i:03d}.npz", x=x, sr=np.array(16000))
     return onnx_dir, onnx_dir / "chunk000.npz", jit_dir, jit_dir / "chunk000.npz"
+
+
+# --- causal language models: tiny ones built from configs, and the packaged SmolLM2 ----------
+
+LM_VOCAB = 512
+
+
+@pytest.fixture(scope="session")
+def lm_tokenizer(tmp_path_factory) -> Path:
+    """A byte-level BPE tokenizer (GPT-2 style, 512 tokens) trained offline on leanify's
+    bundled text: real tokens for tiny LMs without any download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from leanify.models.inputs import bundled_texts
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=LM_VOCAB, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(bundled_texts(), trainer)
+    folder = tmp_path_factory.mktemp("lm_tokenizer")
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                            pad_token="<|endoftext|>").save_pretrained(folder)
+    return folder
+
+
+def _save_lm(model, folder: Path, tokenizer: Path) -> Path:
+    model.save_pretrained(folder, safe_serialization=True)
+    for file in tokenizer.iterdir():
+        shutil.copy(file, folder / file.name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, lm_tokenizer) -> Path:
+    """A 2-layer Llama (hidden 64, 4 query / 2 key-value heads), random weights."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=LM_VOCAB, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, tie_word_embeddings=True)
+    return _save_lm(LlamaForCausalLM(config).eval(), tmp_path_factory.mktemp("tiny_llama"),
+                    lm_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory, lm_tokenizer) -> Path:
+    """A 2-layer GPT-2 (hidden 64, 4 heads), random weights: a second architecture."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(1)
+    config = GPT2Config(vocab_size=LM_VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=256)
+    return _save_lm(GPT2LMHeadModel(config).eval(), tmp_path_factory.mktemp("tiny_gpt2"),
+                    lm_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory) -> Path:
+    """A private conversion cache for the packaged SmolLM2 GGUF (converted once a session)."""
+    return tmp_path_factory.mktemp("leanify_cache")

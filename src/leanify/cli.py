@@ -65,12 +65,18 @@ SAMPLE_HELP = ("Inputs to run: arrays named like the model's inputs (.npz; scala
 @app.command()
 def bench(
     models: Annotated[list[str], typer.Argument(
-        help="Models to compare: HF folders, .onnx, TorchScript, .pt2 files, or 'minilm'. "
+        help="Models to compare: HF folders, .onnx, TorchScript, .pt2, GGUF files, or "
+             "'minilm' / 'smollm2'. "
              "The first is the baseline.", show_default=False)],
-    batch_size: Annotated[str, typer.Option("--batch-size", "-b",
-                                            help="Batch sizes, comma-separated.")] = "1,32",
+    batch_size: Annotated[str | None, typer.Option(
+        "--batch-size", "-b", help="Batch sizes, comma-separated (default 1,32; for causal "
+        "LMs the concurrent requests, default 1).", show_default=False)] = None,
     seq_len: Annotated[str, typer.Option("--seq-len", "-s",
                                          help="Sequence lengths, comma-separated.")] = "128",
+    prompt_tokens: Annotated[str, typer.Option(
+        help="Causal LMs: prompt lengths in tokens, comma-separated.")] = "128",
+    new_tokens: Annotated[int, typer.Option(help="Causal LMs: tokens generated per call.")]
+    = 32,
     threads: Annotated[int | None, typer.Option(
         help="Intra-op threads per model (default: all usable cores).", show_default=False)]
     = None,
@@ -94,7 +100,9 @@ def bench(
     from leanify.measure.bench import bench as run_bench
 
     settings = BenchSettings(
-        batch_sizes=_ints(batch_size, "--batch-size"), seq_lens=_ints(seq_len, "--seq-len"),
+        batch_sizes=_ints(batch_size, "--batch-size") if batch_size else None,
+        seq_lens=_ints(seq_len, "--seq-len"),
+        prompt_tokens=_ints(prompt_tokens, "--prompt-tokens"), new_tokens=new_tokens,
         threads=threads, rounds=rounds, warmup_s=warmup, min_time_s=min_time,
         min_iters=min_iters, sample=str(sample) if sample else None,
         tokenizer=str(tokenizer) if tokenizer else None, trust_pickle=trust_pickle,

@@ -32,8 +32,12 @@ Progress = Callable[[int, int, str], None]  # (done, total, what is running)
 
 @dataclass
 class BenchSettings:
-    batch_sizes: Sequence[int] = (1,)
+    batch_sizes: Sequence[int] | None = (1,)  # None: the workload's default
     seq_lens: Sequence[int] = (128,)
+    # causal LMs (the generation workload): prompt lengths, new tokens, timed calls per round
+    prompt_tokens: Sequence[int] = (128,)
+    new_tokens: int = 32
+    generations: int = 1
     threads: int | None = None  # None: every usable core
     rounds: int = 3
     warmup_s: float = 0.5
@@ -45,7 +49,8 @@ class BenchSettings:
     trust_pickle: bool = False
 
     def check(self) -> None:
-        if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
+        if self.batch_sizes is not None and (
+                not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes)):
             raise LeanifyError("batch sizes must be positive integers.",
                                fix="Use e.g. --batch-size 1,32.")
         if not self.seq_lens or any(int(s) < 1 for s in self.seq_lens):
@@ -54,6 +59,10 @@ class BenchSettings:
         if self.rounds < 1 or self.min_iters < 1:
             raise LeanifyError("rounds and iterations must be at least 1.",
                                fix="Use e.g. --rounds 3.")
+        if not self.prompt_tokens or any(int(p) < 1 for p in self.prompt_tokens) or \
+                self.new_tokens < 1 or self.generations < 1:
+            raise LeanifyError("prompt tokens, new tokens and generations must be positive.",
+                               fix="Use e.g. --prompt-tokens 512 --new-tokens 128.")
         if self.threads is not None and self.threads < 1:
             raise LeanifyError("threads must be at least 1.", fix="Use e.g. --threads 2.")
 
@@ -70,6 +79,7 @@ class _Model:
     first_ms: dict[tuple[int, int], float] = field(default_factory=dict)
     process_peak: float = 0.0
     shapes: dict[tuple[int, int], dict[str, list[int]]] = field(default_factory=dict)
+    calls: dict[tuple[int, int], list[list[dict]]] = field(default_factory=dict)  # per round
 
 
 class _Child:
@@ -203,10 +213,20 @@ class BenchSession:
         settings = self.settings
         self._scratch = tempfile.TemporaryDirectory(prefix="leanify-bench-")
         self.entries = _resolve(self.models, settings, Path(self._scratch.name))
-        # Smallest first: round 1 then sees each point's memory before larger points grow the
-        # allocators' pools, and that first visit is the peak RSS reported for the point.
-        self.points = workload.points(self.entries[0].artifact, settings.batch_sizes,
-                                      settings.seq_lens, settings.sample)
+        first = self.entries[0].artifact
+        self.generation = workload.for_artifact(first) is workload.GENERATION
+        if settings.batch_sizes is None:  # one chat request; text: a request and a batch
+            settings.batch_sizes = (1,) if self.generation else (1, 32)
+        if self.generation:
+            _check_generators(self.entries)
+            self.points = sorted({(int(b), int(p)) for b in settings.batch_sizes
+                                  for p in settings.prompt_tokens},
+                                 key=lambda p: (p[0] * p[1], p[0]))
+        else:
+            # Smallest first: round 1 then sees each point's memory before larger points grow
+            # the allocators' pools, and that first visit is the peak RSS reported for it.
+            self.points = workload.points(first, settings.batch_sizes, settings.seq_lens,
+                                          settings.sample)
         self.started = datetime.now(UTC)
         self.machine = machine_info()
         self.machine["cpu_busy_before"] = self.probe()
@@ -221,11 +241,11 @@ class BenchSession:
                 "threads": self.threads, "sample": settings.sample,
                 "tokenizer": (str(entry.artifact.tokenizer_path)
                               if entry.artifact.tokenizer_path else None),
-                "trust_pickle": settings.trust_pickle,
+                "trust_pickle": settings.trust_pickle, "generation": self.generation,
             })
             for point in self.points:  # build and check every batch before any timing
                 reply = child.ask({"cmd": "prepare", "batch_size": point[0],
-                                   "seq_len": point[1]})
+                                   "seq_len": point[1], "new_tokens": settings.new_tokens})
                 entry.shapes[point] = reply["shapes"]
             self._done += 1
 
@@ -242,6 +262,15 @@ class BenchSession:
                 self.tick(self._done, self._total(of),
                           f"round {self.rounds + 1}/{of} · {entry.name} · "
                           f"batch {point[0]} × seq {point[1]}")
+                if self.generation:
+                    reply = child.ask({"cmd": "generate", "batch_size": point[0],
+                                       "seq_len": point[1], "new_tokens": settings.new_tokens,
+                                       "calls": settings.generations})
+                    entry.calls.setdefault(point, []).append(reply["calls"])
+                    entry.process_peak = max([entry.process_peak,
+                                              *(c["peak_rss_mb"] for c in reply["calls"])])
+                    self._done += 1
+                    continue
                 reply = child.ask({
                     "cmd": "measure", "batch_size": point[0], "seq_len": point[1],
                     "warmup_s": settings.warmup_s, "min_iters": settings.min_iters,
@@ -269,6 +298,9 @@ class BenchSession:
         machine["load_average_end"] = load_average_now()
         machine["cpu_busy_after"] = self.probe() if probe else None
         settings = replace(self.settings, rounds=self.rounds)
+        if self.generation:
+            return _generation_record(self.entries, self.points, settings, self.threads,
+                                      machine, self.bare_mb, self.started, datetime.now(UTC))
         return _record(self.entries, self.points, settings, self.threads, machine,
                        self.bare_mb, self.started, datetime.now(UTC))
 
@@ -302,6 +334,20 @@ def _resolve(
         entries.append(_Model(artifact, source, name))
     _share_tokenizer(entries)
     return entries
+
+
+def _check_generators(entries: list[_Model]) -> None:
+    """Generation compares causal LMs only, each on a runtime that generates."""
+    from leanify.runtimes import generator_for
+
+    for entry in entries:
+        art = entry.artifact
+        if workload.for_artifact(art) is not workload.GENERATION:
+            raise LeanifyError(
+                f"is a {art.meta.get('task') or art.format} model; the baseline is a causal "
+                "language model, so every model is timed generating text.", path=art.path,
+                fix="Compare causal LMs with causal LMs, and other models in another run.")
+        generator_for(art)
 
 
 def _share_tokenizer(entries: list[_Model]) -> None:
@@ -423,6 +469,38 @@ def _record(
         "models": models_out,
         "results": results,
     }
+
+
+def _generation_record(
+    entries: list[_Model], points: list[tuple[int, int]], settings: BenchSettings,
+    threads: int, machine: dict, bare_mb: float, started: datetime, finished: datetime,
+) -> dict[str, Any]:
+    """The bench record of the generation workload: the same frame as `_record`, rows of
+    time to first token, time per output token, decode/prefill tokens/s (generation.py)."""
+    from leanify.measure import generation
+
+    record = _record(entries, [], settings, threads, machine, bare_mb, started, finished)
+    rows: list[dict[str, Any]] = []
+    for entry in entries:
+        for point in points:
+            rounds = entry.calls[point]
+            row = generation.row(entry.name, point, settings.new_tokens,
+                                 [c for r in rounds for c in r], rounds, entry.artifact,
+                                 bare_mb)
+            if entry is not entries[0]:
+                base = next(r for r in rows if r["model"] == entries[0].name
+                            and (r["batch_size"], r["seq_len"]) == point)
+                row["vs_baseline"] = generation.vs_baseline(base, row)
+            rows.append(row)
+    for model, entry in zip(record["models"], entries, strict=True):
+        model["kv_bytes_per_token"] = entry.artifact.meta.get("kv_bytes_per_token")
+    record["settings"].update({"prompt_tokens": sorted({p[1] for p in points}),
+                               "concurrency": sorted({p[0] for p in points})})
+    record["settings"].pop("seq_lens", None)
+    record["workload"] = {**workload.GENERATION.as_dict(), "new_tokens": settings.new_tokens,
+                          "axes": ["concurrency", "prompt tokens"]}
+    record["results"] = rows
+    return record
 
 
 def _vs_baseline(base: _Model, entry: _Model, point: tuple[int, int], p50: float

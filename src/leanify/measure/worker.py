@@ -27,15 +27,20 @@ class Worker:
         self.builder = None
         self.batches: dict[tuple[int, int], dict[str, np.ndarray]] = {}
         self.first_run_ms: dict[tuple[int, int], float] = {}
+        self.prompts = None  # generation workload: the prompt windows (measure/generation.py)
 
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         cmd = req.get("cmd")
         if cmd == "load":
             return self.load(req)
+        if cmd == "prepare" and self.prompts is not None:
+            return self.prepare_generation(req)
         if cmd == "prepare":
             return self.prepare(int(req["batch_size"]), int(req["seq_len"]))
         if cmd == "measure":
             return self.measure(req)
+        if cmd == "generate":
+            return self.generate(req)
         raise ValueError(f"unknown request {cmd!r}")
 
     def load(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -57,8 +62,17 @@ class Worker:
         for_artifact(artifact).load_module()  # a no-op unless the guess was wrong
         t3 = time.perf_counter()
         rss_runtime = memory.current_rss_mb()
-        self.runner = open_runner(artifact, threads, trust_pickle=trust)
-        self.builder = InputBuilder(artifact, req.get("sample"))
+        if req.get("generation"):  # a causal LM: prefill + decode loop, prompts of text
+            from leanify.measure.generation import Prompts
+            from leanify.runtimes import open_generator
+
+            self.runner = open_generator(artifact, threads)
+            self.prompts = Prompts(artifact)
+            source = self.prompts.source
+        else:
+            self.runner = open_runner(artifact, threads, trust_pickle=trust)
+            self.builder = InputBuilder(artifact, req.get("sample"))
+            source = self.builder.source
         t4 = time.perf_counter()
         import_s, load_s = (t1 - t0) + (t3 - t2), (t2 - t1) + (t4 - t3)
         return {
@@ -69,7 +83,7 @@ class Worker:
             "runtime_settings": self.runner.details,
             "rss_runtime_mb": rss_runtime,
             "rss_loaded_mb": memory.current_rss_mb(),
-            "input_source": self.builder.source,
+            "input_source": source,
             "pid": os.getpid(),
         }
 
@@ -78,6 +92,22 @@ class Worker:
         self.runner.check(batch)
         self.batches[(batch_size, seq_len)] = batch
         return {"ok": True, "shapes": {k: list(v.shape) for k, v in batch.items()}}
+
+    def prepare_generation(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Warm up at the point's shape (allocator, lazy init): one short call, not timed."""
+        from leanify.measure.generation import timed_call
+
+        rows, tokens = int(req["batch_size"]), int(req["seq_len"])
+        timed_call(self.runner, self.prompts, rows, tokens, min(2, int(req["new_tokens"])))
+        return {"ok": True, "shapes": {"input_ids": [rows, tokens]}}
+
+    def generate(self, req: dict[str, Any]) -> dict[str, Any]:
+        from leanify.measure.generation import timed_call
+
+        rows, tokens = int(req["batch_size"]), int(req["seq_len"])
+        calls = [timed_call(self.runner, self.prompts, rows, tokens, int(req["new_tokens"]))
+                 for _ in range(max(1, int(req.get("calls", 1))))]
+        return {"ok": True, "calls": calls}
 
     def measure(self, req: dict[str, Any]) -> dict[str, Any]:
         key = (int(req["batch_size"]), int(req["seq_len"]))

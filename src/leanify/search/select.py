@@ -42,10 +42,14 @@ def judge(candidate: dict[str, Any], baseline: dict[str, Any], targets: Targets)
     drop = base_value - value
     if not candidate["metric"].get("higher_is_better", True):
         drop = -drop
+    percent = (candidate["metric"].get("details") or {}).get("drop_unit") == "percent"
+    if percent:  # e.g. perplexity: the gate is a relative increase, in percent
+        drop = drop / abs(base_value) * 100 if base_value else float("inf")
     candidate["metric_drop"] = round(drop, 4)
     if drop > targets.max_drop:
-        reasons.append(f"accuracy gate: {candidate['metric']['name']} dropped {drop:.2f} "
-                       f"> allowed {targets.max_drop:g}")
+        unit = "%" if percent else ""
+        reasons.append(f"accuracy gate: {candidate['metric']['name']} dropped {drop:.2f}{unit} "
+                       f"> allowed {targets.max_drop:g}{unit}")
     slower = [p for p in candidate["points"] if p["speedup"] <= 1.0]
     if slower:
         worst = min(slower, key=lambda p: p["speedup"])

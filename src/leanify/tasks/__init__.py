@@ -10,7 +10,7 @@ import importlib
 from leanify.errors import LeanifyError
 from leanify.tasks.base import Columns, EvalSettings, Metric, Task
 
-MODULES = ("embedding_similarity", "text_classification", "fidelity")
+MODULES = ("embedding_similarity", "text_classification", "fidelity", "perplexity")
 
 _TASKS: dict[str, Task] = {}
 

@@ -19,7 +19,9 @@ import os
 import shutil
 import struct
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -211,6 +213,31 @@ def converted_folder(path: Path) -> Path:
     return target
 
 
+@contextmanager
+def _parse_once():
+    """transformers parses the GGUF file once for the config, once for the weights and once
+    for the tokenizer, and rebuilds gguf's tensor-name table once per submodule (SmolLM2:
+    3 parses + 397 tables, most of a minute here). Both are pure functions of their
+    arguments: memoize them while converting, then put the originals back."""
+    import gguf as gguf_py
+
+    reader_cls, name_map = gguf_py.GGUFReader, gguf_py.get_tensor_name_map
+    readers: dict[tuple, Any] = {}
+
+    def reader(path: Any, mode: str = "r"):
+        key = (os.fspath(path), mode)
+        if key not in readers:
+            readers[key] = reader_cls(path, mode)
+        return readers[key]
+
+    gguf_py.GGUFReader = reader
+    gguf_py.get_tensor_name_map = lru_cache(maxsize=None)(name_map)
+    try:
+        yield
+    finally:
+        gguf_py.GGUFReader, gguf_py.get_tensor_name_map = reader_cls, name_map
+
+
 def _convert(path: Path, header: GGUFHeader, target: Path) -> None:
     """Dequantize with transformers, then save a plain safetensors folder.
 
@@ -226,10 +253,11 @@ def _convert(path: Path, header: GGUFHeader, target: Path) -> None:
     transformers.utils.logging.set_verbosity_error()
     folder, name = str(path.parent), path.name
     try:
-        loaded = transformers.AutoModelForCausalLM.from_pretrained(
-            folder, gguf_file=name, local_files_only=True, trust_remote_code=False)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(
-            folder, gguf_file=name, local_files_only=True, trust_remote_code=False)
+        with _parse_once():
+            loaded = transformers.AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=name, local_files_only=True, trust_remote_code=False)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(
+                folder, gguf_file=name, local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # transformers raises ValueError/KeyError/RuntimeError here
         raise LeanifyError(
             f"transformers could not convert this GGUF file ({first_line(exc)}; architecture "

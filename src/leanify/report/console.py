@@ -91,9 +91,8 @@ def _generation_table(record: dict[str, Any], console: Console) -> None:
     new = record["workload"].get("new_tokens")
     table = Table(title=f"leanify bench — generation, {new} new tokens per request, each "
                         "model in its own process", title_justify="left")
-    for col in ("model", "requests", "prompt", "first token ms", "per token ms p50 / p95",
-                "decode tok/s", "prefill tok/s", "end-to-end ms", "peak RSS MB",
-                "KV cache MB"):
+    for col in ("model", "reqs", "prompt", "TTFT ms", "TPOT p50", "TPOT p95", "decode tok/s",
+                "prefill tok/s", "e2e ms", "RSS MB", "KV MB"):
         table.add_column(col, justify="left" if col == "model" else "right",
                          style="bold" if col == "model" else None)
     for row in sorted(record["results"], key=lambda r: (r["batch_size"], r["seq_len"])):
@@ -104,16 +103,17 @@ def _generation_table(record: dict[str, Any], console: Console) -> None:
             speed = f" [dim]({vs['decode_speedup']:.2f}×)[/]"
         table.add_row(
             row["model"], str(row["concurrency"]), str(row["prompt_tokens"]),
-            _fmt_ms(row["ttft_ms"]["p50"]), f"{_fmt_ms(tpot['p50'])} / {_fmt_ms(tpot['p95'])}",
+            _fmt_ms(row["ttft_ms"]["p50"]), _fmt_ms(tpot["p50"]), _fmt_ms(tpot["p95"]),
             f"{row['decode_tokens_per_s']:.1f}{speed}", f"{row['prefill_tokens_per_s']:.0f}",
             _fmt_ms(row["e2e_ms"]), f"{row['peak_rss_mb']:.0f}",
             f"{row['kv_cache_mb']:.1f}" if row.get("kv_cache_mb") is not None else "–")
     console.print(table)
     console.print(
-        "[dim]every call a fresh prompt from leanify's bundled text; greedy decoding of exactly "
-        "the new tokens; peak RSS by the OS minus a bare interpreter "
-        f"({record['bare_interpreter_rss_mb']:.0f} MB), of which the KV cache (from the "
-        "config) is the last column.[/]")
+        "[dim]TTFT: time to first token (the prefill); TPOT: time per output token; every call "
+        "a fresh prompt from leanify's bundled text, greedy decoding of exactly the new tokens; "
+        "(×): decode speed-up over the baseline. Peak RSS by the OS minus a bare interpreter "
+        f"({record['bare_interpreter_rss_mb']:.0f} MB); KV MB: the KV cache's share of it, "
+        "from the config.[/]")
 
 
 def _models_table(record: dict[str, Any], console: Console) -> None:

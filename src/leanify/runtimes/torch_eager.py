@@ -105,6 +105,19 @@ class HFRunner(TorchRunner):
 
             raise refuse_pickle(artifact.path, "This model's weights file")
         self.model = build_hf_model(artifact)
+        # the sidecar's `weights` (set by the lm-int8-dynamic pass); torch-eager keeps no
+        # settings schema of its own (its other models take none), so it is checked here
+        self.weights = (artifact.meta.get("runtime") or {}).get("weights") or "fp32"
+        if self.weights not in WEIGHTS:
+            raise LeanifyError(f"runtime setting weights={self.weights!r} is invalid.",
+                               path=artifact.path, fix=f"Use {' or '.join(WEIGHTS)}.")
+        if self.weights == "int8-dynamic":
+            import warnings
+
+            with warnings.catch_warnings():  # torch.ao is deprecated in 2.13, and works
+                warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
+                self.model = self.torch.ao.quantization.quantize_dynamic(
+                    self.model, {self.torch.nn.Linear}, dtype=self.torch.qint8)
         import inspect
 
         accepted = set(inspect.signature(self.model.forward).parameters)
@@ -113,6 +126,10 @@ class HFRunner(TorchRunner):
     @property
     def input_names(self) -> list[str]:
         return [n for n in self.artifact.input_names if n in self.accepted]
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return {"weights": self.weights} if self.weights != "fp32" else {}
 
     def _call(self, inputs: dict[str, Any]) -> Any:
         if self.artifact.meta.get("task") == "text-generation":  # logits only: no KV cache
@@ -141,5 +158,7 @@ def _open(artifact: Artifact, threads: int | None, trust_pickle: bool = False) -
     return HFRunner(artifact, threads, trust_pickle)
 
 
+# `weights`: int8-dynamic quantizes every nn.Linear when the model opens (passes/lm_int8.py)
+WEIGHTS = ("fp32", "int8-dynamic")
 RUNTIME = Runtime(name="torch-eager", formats=("hf", "torch-module"), module="torch",
                   package="torch", open=_open, extra="torch")

@@ -19,7 +19,7 @@ import numpy as np
 from leanify.errors import LeanifyError
 from leanify.models.artifact import Artifact
 from leanify.runtimes.base import Runtime
-from leanify.runtimes.torch_eager import HFRunner
+from leanify.runtimes.torch_eager import WEIGHTS, HFRunner
 
 
 @dataclass
@@ -82,4 +82,4 @@ def _open(artifact: Artifact, threads: int | None, trust_pickle: bool = False) -
 
 
 RUNTIME = Runtime(name="torch-generate", formats=("hf",), module="torch", package="torch",
-                  open=_open, extra="torch", generates=True)
+                  open=_open, settings={"weights": WEIGHTS}, extra="torch", generates=True)

@@ -376,6 +376,7 @@ def _save_error(out: Path, name: str, text: str) -> Path:
 
 def _bench_settings(settings: OptimizeSettings, threads: int, rounds: int) -> BenchSettings:
     return BenchSettings(batch_sizes=settings.batch_sizes, seq_lens=settings.seq_lens,
+                         prompt_tokens=settings.seq_lens,  # causal LMs: the prompt length
                          threads=threads, rounds=rounds,
                          sample=str(settings.sample) if settings.sample else None,
                          **TRIAL_TIMING)

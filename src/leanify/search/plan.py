@@ -37,6 +37,10 @@ TORCH_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
     ("torch-bf16", [("bf16", {})]),
     ("torch-int8-dynamic", [("torch-dynamic-int8", {})]),
 ]
+# causal LMs (timed as generation, see measure/generation.py): int8 weights applied at load
+LM_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
+    ("torch-int8-weights", [("lm-int8-dynamic", {})]),
+]
 # OpenVINO (when installed), from the plain ONNX export. The inference precision is a runtime
 # setting: OpenVINO runs an fp32 IR in bf16 on CPUs with native bf16 unless told f32, so each
 # precision is its own candidate, evaluated under it. "max_drop" is filled in by the planner.
@@ -182,7 +186,9 @@ def plan(artifact: Artifact, *, only: list[str] | None = None, calibration: bool
     """
     passes = available()
     out: list[Candidate] = []
-    if artifact.format in ("hf", "torch-module"):
+    if artifact.format == "hf" and artifact.meta.get("task") == "text-generation":
+        onnx_recipes, torch_recipes = [], LM_RECIPES  # timed generating: prefill + decode
+    elif artifact.format in ("hf", "torch-module"):
         prefix = [("export-onnx", {})]
         onnx_recipes = [(name, prefix + steps) for name, steps in
                         [*ONNX_RECIPES, *_runtime_recipes(artifact, max_drop)]]

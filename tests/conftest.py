@@ -336,7 +336,8 @@ def tiny_gpt2(tmp_path_factory, lm_tokenizer) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(1)
-    config = GPT2Config(vocab_size=LM_VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=256)
+    config = GPT2Config(vocab_size=LM_VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=256,
+                        bos_token_id=0, eos_token_id=0)
     return _save_lm(GPT2LMHeadModel(config).eval(), tmp_path_factory.mktemp("tiny_gpt2"),
                     lm_tokenizer)
 

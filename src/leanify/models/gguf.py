@@ -209,6 +209,11 @@ def converted_folder(path: Path) -> Path:
     target = cache_root() / "gguf" / sha256(path)
     if (target / "config.json").is_file():
         return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LeanifyError(f"the conversion cache {target.parent} cannot be created ({exc}).",
+                           path=path, fix="Point LEANIFY_CACHE at a writable folder.") from exc
     _convert(path, header, target)
     return target
 

@@ -53,7 +53,10 @@ class GenerationRunner(HFRunner):
                 fix="Benchmark it without --new-tokens, or give a *ForCausalLM model.")
         super().__init__(artifact, threads, trust_pickle)
         # prefill needs the last position's logits only (a server skips the rest too)
-        self.keep_last = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        params = inspect.signature(self.model.forward).parameters
+        self.keep_last = "logits_to_keep" in params
+        # transformers 5.2x renamed `past_key_values` to `cache` (the old name warns)
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
 
     def generate(self, ids: np.ndarray, new_tokens: int) -> Generation:
         """Greedy decode: rows of `ids` (equal lengths, no padding) each get new_tokens."""
@@ -72,8 +75,8 @@ class GenerationRunner(HFRunner):
                 stamps.append((time.perf_counter_ns() - start) / 1e6)
                 if step + 1 == new_tokens:
                     break
-                out = self.model(input_ids=nxt, past_key_values=out.past_key_values,
-                                 use_cache=True)
+                cache = out.get("cache", out.get("past_key_values"))
+                out = self.model(input_ids=nxt, use_cache=True, **{self.cache_arg: cache})
         return Generation(torch.cat(out_tokens, dim=1).numpy(), stamps)
 
 

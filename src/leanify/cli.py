@@ -399,6 +399,144 @@ def distill(
     _print_shrink(record, out)
 
 
+@app.command()
+def serve(
+    model: Annotated[str, typer.Argument(
+        help="A run folder from `leanify optimize` (serves its selected model), or any text "
+             "model leanify loads.", show_default=False)],
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    max_batch: Annotated[int, typer.Option(help="Inputs per model call, at most.")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(
+        help="How long the oldest queued input waits for others to batch with.")] = 5.0,
+    max_queue: Annotated[int, typer.Option(
+        help="Inputs waiting, at most; beyond it requests get 429 with Retry-After.")] = 256,
+    max_queue_ms: Annotated[float, typer.Option(
+        help="Queued work, in ms at the rate the model sustains, at most (429 beyond): set it "
+             "near your latency budget.")] = 1000.0,
+    timeout_s: Annotated[float, typer.Option(help="Per-request timeout (504).")] = 10.0,
+    max_inputs: Annotated[int, typer.Option(help="Inputs per request, at most.")] = 64,
+    max_body_kb: Annotated[int, typer.Option(help="Request body size, at most.")] = 1024,
+    api_key: Annotated[str | None, typer.Option(
+        envvar="LEANIFY_API_KEY", help="Require 'Authorization: Bearer KEY' (env "
+        "LEANIFY_API_KEY). Needed to bind a non-loopback address.", show_default=False)] = None,
+    no_auth: Annotated[bool, typer.Option(
+        "--no-auth", help="Serve a non-loopback address without a key (your own network "
+                          "guards it).")] = False,
+    threads: Annotated[int | None, typer.Option(
+        help="Intra-op threads (default: what the run measured, else all cores).",
+        show_default=False)] = None,
+    tokenizer: Annotated[Path | None, typer.Option(
+        help="Folder with tokenizer.json, for models that ship without one.",
+        show_default=False)] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle")] = False,
+) -> None:
+    """An HTTP server for the model: dynamic batching, a bounded queue, OpenAI-shaped
+    /v1/embeddings (or /v1/classify), /health, /ready and Prometheus /metrics."""
+    from leanify.errors import LeanifyError
+    from leanify.serve.app import LOOPBACK, Limits
+    from leanify.serve.app import serve as run_server
+    from leanify.serve.model import resolve
+
+    if host not in LOOPBACK and not api_key and not no_auth:
+        raise LeanifyError(
+            f"binding {host} puts the model on the network with no API key.",
+            fix="Give --api-key KEY (or LEANIFY_API_KEY), or --no-auth if your own network "
+                "guards it; or bind 127.0.0.1.")
+    for name, value in (("--max-batch", max_batch), ("--max-queue", max_queue),
+                        ("--max-inputs", max_inputs), ("--max-body-kb", max_body_kb)):
+        if value < 1:
+            raise LeanifyError(f"{name} must be at least 1.", fix=f"Give a positive {name}.")
+    if max_wait_ms < 0 or timeout_s <= 0 or max_queue_ms <= 0:
+        raise LeanifyError("--max-wait-ms must be >= 0, --timeout-s and --max-queue-ms > 0.",
+                           fix="Use e.g. --max-wait-ms 5 --timeout-s 10 --max-queue-ms 100.")
+    limits = Limits(max_batch=max_batch, max_wait_ms=max_wait_ms,
+                    max_queue=max(max_queue, max_inputs), max_queue_ms=max_queue_ms,
+                    timeout_s=timeout_s,
+                    max_body_bytes=max_body_kb * 1024, max_inputs=max_inputs)
+    source = resolve(model, tokenizer=str(tokenizer) if tokenizer else None,
+                     trust_pickle=trust_pickle, threads=threads)
+    from leanify.serve.model import ServedModel
+
+    ServedModel.check(source.artifact)  # a bad model is exit 2 before the port is bound
+    raise typer.Exit(run_server(source, limits, host=host, port=port, api_key=api_key,
+                                say=lambda msg: err.print(escape(msg))))
+
+
+@app.command()
+def loadtest(
+    url: Annotated[str, typer.Argument(
+        help="The endpoint on this machine, e.g. http://127.0.0.1:8000/v1/embeddings.",
+        show_default=False)],
+    data: Annotated[Path, typer.Option(
+        help="Texts to send, one request each (.txt one per line, or .csv/.jsonl/.parquet "
+             "with a text column).", show_default=False)],
+    rates: Annotated[str, typer.Option(help="Request rates to try, per second, in order.")]
+    = "5,20,50",
+    duration: Annotated[float, typer.Option(help="Seconds per rate.")] = 10.0,
+    p95_budget_ms: Annotated[float | None, typer.Option(
+        help="The p95 a rate must hold (with <1% errors and 429s).", show_default=False)]
+    = None,
+    timeout_s: Annotated[float, typer.Option(help="Per-request timeout.")] = 10.0,
+    text_col: Annotated[str | None, typer.Option(
+        help="Column holding the text (default: 'text', else the first column).",
+        show_default=False)] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="LEANIFY_API_KEY",
+                                                show_default=False)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the arrival times.")] = 0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the record here.",
+                                                   show_default=False)] = None,
+    html_path: Annotated[Path | None, typer.Option("--html", help="Write the page here.",
+                                                   show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Open-loop load (Poisson arrivals) at a ramp of rates: p50/p95/p99, errors and 429s per
+    rate, the server's queue/model split, and the highest rate within a p95 budget."""
+    from leanify.errors import LeanifyError
+    from leanify.serve.loadtest import LoadSettings, run_loadtest
+
+    try:
+        rate_list = tuple(float(r) for r in rates.replace(" ", "").split(",") if r)
+    except ValueError:
+        rate_list = ()
+    if not rate_list:
+        raise LeanifyError(f"--rates {rates!r} is not a list of numbers.",
+                           fix="Use e.g. --rates 5,20,50.")
+    settings = LoadSettings(url=url, rates=rate_list, duration_s=duration, timeout_s=timeout_s,
+                            p95_budget_ms=p95_budget_ms, api_key=api_key, seed=seed)
+    settings.check()
+    for path in (json_path, html_path):
+        if path is not None:
+            _check_writable(path)
+    texts = _texts_of(data, text_col)
+    record = run_loadtest(settings, texts, say=_log(quiet))
+    from leanify.measure.bench import write_json, write_text
+
+    if json_path is not None:
+        write_json(record, json_path)
+    if html_path is not None:
+        from leanify.report.loadtest import render_loadtest_html
+
+        write_text(render_loadtest_html(record), html_path)
+    stdout.print(escape(record["verdict"]))
+
+
+def _texts_of(data: Path, column: str | None) -> list[str]:
+    from leanify.errors import LeanifyError
+    from leanify.measure.data import read_rows
+
+    path, columns, rows = read_rows(data, plain_text=True)
+    name = column or ("text" if "text" in columns else columns[0])
+    if name not in columns:
+        raise LeanifyError(f"has no column '{name}' (columns: {', '.join(columns)}).",
+                           path=path, fix="Name the text column with --text-col.")
+    texts = [str(r[name]) for _, r in rows if r.get(name) not in (None, "")]
+    if not texts:
+        raise LeanifyError(f"column '{name}' holds no text.", path=path,
+                           fix="Point --text-col at the column with the sentences.")
+    return texts
+
+
 def _log(quiet: bool) -> Callable[[str], None]:
     return (lambda _msg: None) if quiet else (lambda msg: err.print(escape(msg)))
 

@@ -464,6 +464,21 @@ def write_json(record: dict[str, Any], path: str | os.PathLike) -> Path:
     return target
 
 
+def write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write a report atomically, like write_json."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
 def load_average_now() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]

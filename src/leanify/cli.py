@@ -483,6 +483,9 @@ def loadtest(
         show_default=False)] = None,
     api_key: Annotated[str | None, typer.Option(envvar="LEANIFY_API_KEY",
                                                 show_default=False)] = None,
+    model: Annotated[str | None, typer.Option(
+        help="The 'model' field of each request (servers of several models need it).",
+        show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the arrival times.")] = 0,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the record here.",
                                                    show_default=False)] = None,
@@ -503,7 +506,8 @@ def loadtest(
         raise LeanifyError(f"--rates {rates!r} is not a list of numbers.",
                            fix="Use e.g. --rates 5,20,50.")
     settings = LoadSettings(url=url, rates=rate_list, duration_s=duration, timeout_s=timeout_s,
-                            p95_budget_ms=p95_budget_ms, api_key=api_key, seed=seed)
+                            p95_budget_ms=p95_budget_ms, api_key=api_key, seed=seed,
+                            model=model)
     settings.check()
     for path in (json_path, html_path):
         if path is not None:

@@ -44,6 +44,7 @@ class LoadSettings:
     p95_budget_ms: float | None = None
     api_key: str | None = None
     seed: int = 0
+    model: str | None = None  # the request's "model" field
     pause_s: float = 1.0  # between rates, for the queue to drain
 
     def check(self) -> None:
@@ -178,7 +179,7 @@ def run_loadtest(settings: LoadSettings, texts: Sequence[str],
     settings.check()
     if not texts:
         raise LeanifyError("there are no texts to send.", fix="Give a non-empty --data file.")
-    return asyncio.run(_run_all(settings, payloads(texts), say))
+    return asyncio.run(_run_all(settings, payloads(texts, settings.model), say))
 
 
 async def _run_all(settings: LoadSettings, bodies: list[bytes],

@@ -155,7 +155,15 @@ def test_sigterm_under_load_answers_every_accepted_request_and_exits_0(text_onnx
             sock = socket.create_connection(("127.0.0.1", s.port), timeout=60)
             sock.sendall(request % len(body) + body)
             socks.append(sock)
-        time.sleep(0.3)  # read by the server and queued
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until the server has read all 30
+            metrics = httpx.get(f"{s.url}/metrics").text
+            read = (_metric(metrics, "leanify_in_flight")
+                    + _metric(metrics, 'leanify_requests_total{endpoint="/v1/embeddings",'
+                                       'status="200"}'))
+            if read >= 30:
+                break
+            time.sleep(0.02)
         s.proc.send_signal(signal.SIGTERM)
         statuses = []
         for sock in socks:
@@ -173,3 +181,10 @@ def test_sigterm_under_load_answers_every_accepted_request_and_exits_0(text_onnx
         for sock in socks:
             sock.close()
         s.stop()
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0

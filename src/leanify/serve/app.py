@@ -102,40 +102,51 @@ async def _send_json(send, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": raw})
 
 
-class Service:
-    """The state behind the routes: the model, the batcher, metrics."""
+def warmed(source: Source, limits: Limits) -> ServedModel:
+    """The model loaded and run a few times at both ends of what the batcher sends."""
+    model = ServedModel(source)
+    for size in (1, limits.max_batch):
+        for _ in range(3):
+            model.run([WARMUP_TEXT] * size)
+    return model
 
-    def __init__(self, source: Source, limits: Limits, on_fatal: Callable[[BaseException], None]):
+
+class Service:
+    """The state behind the routes: the model, the batcher, metrics. Given no model, it loads
+    and warms one up in the background (`/ready` says when)."""
+
+    def __init__(self, source: Source, limits: Limits,
+                 on_fatal: Callable[[BaseException], None], model: ServedModel | None = None):
         self.source, self.limits, self.on_fatal = source, limits, on_fatal
         self.metrics = Metrics()
-        self.model: ServedModel | None = None
+        self.model = model
         self.batcher: Batcher | None = None
         self.ready = False
         self.closing = False
         self._warm_task: asyncio.Task | None = None
 
     async def start(self) -> None:
-        self._warm_task = asyncio.get_running_loop().create_task(self._warm())
+        if self.model is not None:
+            self._begin()
+        else:
+            self._warm_task = asyncio.get_running_loop().create_task(self._warm())
+
+    def _begin(self) -> None:
+        self.batcher = Batcher(self.model.run, max_batch=self.limits.max_batch,
+                               max_wait_ms=self.limits.max_wait_ms,
+                               max_queue=self.limits.max_queue,
+                               max_delay_s=min(self.limits.max_queue_ms / 1000,
+                                               self.limits.timeout_s),
+                               metrics=self.metrics)
+        self.batcher.start()
+        self.ready = True
+        self.metrics.ready.set(1)
+        log.warning("ready: %s (%s)", self.source.name, self.model.kind)
 
     async def _warm(self) -> None:
         try:
-            model = await asyncio.to_thread(ServedModel, self.source)
-            batcher = Batcher(model.run, max_batch=self.limits.max_batch,
-                              max_wait_ms=self.limits.max_wait_ms,
-                              max_queue=self.limits.max_queue,
-                              max_delay_s=min(self.limits.max_queue_ms / 1000,
-                                              self.limits.timeout_s),
-                              metrics=self.metrics)
-            loop = asyncio.get_running_loop()
-            for size in (1, self.limits.max_batch):  # both ends of what the batcher sends
-                for _ in range(3):
-                    await loop.run_in_executor(batcher.executor, model.run,
-                                               [WARMUP_TEXT] * size)
-            self.model, self.batcher = model, batcher
-            batcher.start()
-            self.ready = True
-            self.metrics.ready.set(1)
-            log.warning("ready: %s (%s)", self.source.name, model.kind)
+            self.model = await asyncio.to_thread(warmed, self.source, self.limits)
+            self._begin()
         except BaseException as exc:  # a failure here stops the server, with the reason
             self.on_fatal(exc)
             raise
@@ -276,7 +287,8 @@ def create_app(source: Source, limits: Limits, *, api_key: str | None = None,
     async def route(request: Request, endpoint: str, kind: str):
         start = time.perf_counter()
         try:
-            body, headers = await service.answer(endpoint, kind, await request.body())
+            with service.metrics.in_flight.track_inprogress():
+                body, headers = await service.answer(endpoint, kind, await request.body())
         except HTTPError as exc:
             return refuse(exc, endpoint)
         except Exception:  # leanify's own failure: a 500 with the reason logged

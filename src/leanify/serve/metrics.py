@@ -40,6 +40,8 @@ class Metrics:
                                     buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("leanify_queue_depth", "Inputs waiting for the model",
                                  registry=r)
+        self.in_flight = Gauge("leanify_in_flight", "Requests read and not yet answered",
+                               registry=r)
         self.ready = Gauge("leanify_ready", "1 once the model is loaded and warm", registry=r)
 
     def render(self) -> tuple[bytes, str]:

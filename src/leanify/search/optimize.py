@@ -676,7 +676,7 @@ class _RunFolder:
         if not runs and others:
             raise LeanifyError(f"exists and is not empty ({', '.join(others[:3])}).",
                                path=out, fix="Choose a new or empty --out folder.")
-        if settings.resume and runs is None:
+        if settings.resume and runs is None and self.created:
             raise LeanifyError("holds no run to resume.", path=out,
                                fix="Run without --resume to start one.")
         if not runs:  # nothing was recorded: start afresh (a stale record would only confuse)

@@ -1,8 +1,9 @@
 """`leanify optimize`: baseline -> candidate pipelines -> gate -> measure -> select -> report.
 
 Every trial is written to a SQLite record in the run folder as it finishes; `resume=True`
-reads it back, re-runs nothing that finished (only internal failures are retried) and
-re-judges every cached trial under the current targets. Pass outputs appear atomically, so a
+reads it back, re-runs nothing that finished (only failures whose cause can go away are
+retried: a full disk, a killed child process, an internal error) and re-judges every cached
+trial under the current targets. The run folder is locked while a run lives in it. Pass outputs appear atomically, so a
 kill at any moment leaves either a finished artifact or none.
 """
 
@@ -232,7 +233,7 @@ def _optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
     }
     # The folder is taken (locked) only now that every input was read and checked.
     out = folder.open(settings.out, source, settings)
-    store = folder.store = TrialStore(out / "trials.db")
+    store = TrialStore(out / "trials.db")
     try:
         previous = store.get_run()
         if previous and previous.get("identity") != identity:
@@ -323,7 +324,6 @@ def _optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
         record = _finish(out, source, baseline, results, settings, identity, started,
                          warnings, final)
     finally:
-        folder.store = None
         store.close()
     return record
 
@@ -357,7 +357,8 @@ def _run_trial(candidate: Candidate, source: Artifact, baseline: dict[str, Any],
             record = session.record()
     except LeanifyError as exc:  # the input cannot be optimized this way: not retried
         trial["reason"] = f"failed: {exc.render()}"
-        trial.update(error_kind="input", retryable=False)
+        disk_full = _failure_kind(exc) == "disk-full"  # unless a full disk was behind it
+        trial.update(error_kind="disk-full" if disk_full else "input", retryable=disk_full)
         return trial
     except Exception as exc:  # a bug in one pass must not sink the other candidates
         kind = _failure_kind(exc)
@@ -652,7 +653,6 @@ class _RunFolder:
     def __init__(self) -> None:
         self.out: Path | None = None
         self.lock: RunLock | None = None
-        self.store: TrialStore | None = None
         self.created = False
 
     def open(self, out: Path, source: Artifact, settings: OptimizeSettings) -> Path:
@@ -684,9 +684,6 @@ class _RunFolder:
         return out
 
     def close(self) -> None:
-        if self.store is not None:
-            self.store.close()
-            self.store = None
         if self.out is None or self.lock is None:  # never touch a folder another run holds
             return
         try:

@@ -196,3 +196,17 @@ def test_a_read_only_run_folder_is_a_clear_error(tmp_path, source, data):
         assert time.time() - started < 10
     finally:
         subprocess.run(undo, check=True)
+
+
+def test_an_interrupted_run_without_trials_resumes(tmp_path, source, data):
+    def interrupted(*_args):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    deps = deps_for(["a"])
+    deps.evaluate = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        optimize(source, settings_for(data, out), deps=deps)
+    assert (out / "trials.db").exists() and not (out / LOCK_NAME).exists()
+    record = optimize(source, settings_for(data, out, resume=True), deps=deps_for(["a"]))
+    assert record["selected"]["name"] == "a"

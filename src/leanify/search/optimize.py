@@ -3,8 +3,8 @@
 Every trial is written to a SQLite record in the run folder as it finishes; `resume=True`
 reads it back, re-runs nothing that finished (only failures whose cause can go away are
 retried: a full disk, a killed child process, an internal error) and re-judges every cached
-trial under the current targets. The run folder is locked while a run lives in it. Pass outputs appear atomically, so a
-kill at any moment leaves either a finished artifact or none.
+trial under the current targets. The run folder is locked while a run lives in it. Pass
+outputs appear atomically, so a kill at any moment leaves either a finished artifact or none.
 """
 
 from __future__ import annotations
@@ -159,6 +159,9 @@ def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
     try:
         return _optimize(model, settings, progress, deps, folder)
     except LeanifyError:
+        raise
+    except KeyboardInterrupt:
+        folder.keep = True  # Ctrl-C: the folder stays for the --resume the message suggests
         raise
     except Exception as exc:
         if is_disk_full(exc):
@@ -654,6 +657,7 @@ class _RunFolder:
         self.out: Path | None = None
         self.lock: RunLock | None = None
         self.created = False
+        self.keep = False  # keep an empty record and the folder (an interrupted run)
 
     def open(self, out: Path, source: Artifact, settings: OptimizeSettings) -> Path:
         out = _check_out_location(out, source, settings)
@@ -687,13 +691,13 @@ class _RunFolder:
         if self.out is None or self.lock is None:  # never touch a folder another run holds
             return
         try:
-            if _trial_count(self.out) == 0:  # stopped before its first trial: no record left
+            if not self.keep and _trial_count(self.out) == 0:  # no trial: no record left
                 remove_store(self.out)
         except (LeanifyError, OSError):  # a damaged record is the user's to look at
             pass
         self.lock.release()
         self.lock = None
-        if self.created:  # a folder made for nothing goes too
+        if self.created and not self.keep:  # a folder made for nothing goes too
             with contextlib.suppress(OSError):
                 self.out.rmdir()
 

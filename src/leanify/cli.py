@@ -467,20 +467,21 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    interrupted = _watch_sigint()
-    try:
-        code = app(args=args, prog_name="leanify", standalone_mode=False)
-    except KeyboardInterrupt:
-        _interrupted(args)
-    except Exception as exc:
-        _fail(exc, args)
+    with _watch_sigint() as interrupted:
+        try:
+            code = app(args=args, prog_name="leanify", standalone_mode=False)
+        except KeyboardInterrupt:
+            _interrupted(args)
+        except Exception as exc:
+            _fail(exc, args)
     # typer turns a KeyboardInterrupt into a plain exit code 130: tell it apart by the signal
     if interrupted and code == 130:
         _interrupted(args)
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _watch_sigint() -> list[bool]:
+@contextlib.contextmanager
+def _watch_sigint() -> Iterator[list[bool]]:
     """Ctrl-C still raises KeyboardInterrupt (training saves a checkpoint on it); the list
     records that it came, since typer swallows the exception."""
     import signal
@@ -491,9 +492,15 @@ def _watch_sigint() -> list[bool]:
         seen.append(True)
         raise KeyboardInterrupt
 
-    with contextlib.suppress(ValueError):  # not the main thread: leave the handler alone
-        signal.signal(signal.SIGINT, on_sigint)
-    return seen
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread: leave the handler alone
+        previous = None
+    try:
+        yield seen
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 RESUMABLE = ("optimize", "distill")  # commands with a run folder that --resume continues

@@ -101,6 +101,8 @@ def bench(
     )
     if json_path is not None:
         _check_writable(json_path)
+        _check_apart({"--json": json_path}, models,
+                     {"--sample": sample, "--tokenizer": tokenizer})
     if quiet:
         record = run_bench(models, settings)
     else:
@@ -293,6 +295,8 @@ def doctor(
     for path, option in ((json_path, "--json"), (html, "--html")):
         if path is not None:
             check_output(path, option=option)
+    _check_apart({"--json": json_path, "--html": html, "--trace": trace}, [model],
+                 {"--data": data, "--sample": sample, "--tokenizer": tokenizer})
     settings = DoctorSettings(
         data=data, task=task, latency_budget_ms=latency_budget_ms,
         memory_budget_mb=memory_budget_mb, trace=trace, quick=quick, threads=threads,
@@ -340,6 +344,7 @@ def prune(
 
     config = PruneTransformerConfig(layers=layers, ffn_keep=ffn_keep, importance=importance,
                                     round_to=round_to)
+    _check_apart({"--out": out}, [model], {"--calibration-data": calibration_data})
     record = apply_passes(model, [config], out, calibration_data=calibration_data,
                           trust_pickle=trust_pickle, log=_log(quiet), tool="leanify prune")
     _print_shrink(record, out)
@@ -384,6 +389,8 @@ def distill(
     from leanify.passes.prune_transformer import PruneTransformerConfig
 
     files = [f.strip() for f in data.split(",") if f.strip()]
+    inputs = {"--data": files, "--teacher": teacher}
+    _check_apart({"--out": out}, [model], {**inputs, "--calibration-data": calibration_data})
     configs: list = []
     if layers or ffn_keep < 1:
         configs.append(PruneTransformerConfig(layers=layers, ffn_keep=ffn_keep))
@@ -395,7 +402,7 @@ def distill(
     record = apply_passes(model, configs, out,
                           calibration_data=calibration_data or (files[0] if files else None),
                           threads=threads, resume=resume, log=_log(quiet),
-                          tool="leanify distill")
+                          tool="leanify distill", inputs=inputs)
     _print_shrink(record, out)
 
 
@@ -571,6 +578,13 @@ def _progress() -> Iterator[Callable[[int, int, str], None]]:
         yield tick
 
 
+def _check_apart(outputs: dict[str, Path | None], models: list[str], inputs: dict) -> None:
+    """No output of the command may land on, in, or around one of its inputs."""
+    from leanify.paths import check_apart, model_paths
+
+    check_apart(outputs, {"model": [p for m in models for p in model_paths(m)], **inputs})
+
+
 def _check_writable(path: Path) -> None:
     from leanify.errors import LeanifyError
 
@@ -595,22 +609,60 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        code = app(args=args, prog_name="leanify", standalone_mode=False)
-    except KeyboardInterrupt:
-        _interrupted()
-    except Exception as exc:
-        _fail(exc)
+    with _watch_sigint() as interrupted:
+        try:
+            code = app(args=args, prog_name="leanify", standalone_mode=False)
+        except KeyboardInterrupt:
+            _interrupted(args)
+        except Exception as exc:
+            _fail(exc, args)
+    # typer turns a KeyboardInterrupt into a plain exit code 130: tell it apart by the signal
+    if interrupted and code == 130:
+        _interrupted(args)
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _interrupted() -> None:
-    err.print("[yellow]Interrupted.[/] No half-written file was left; an optimize run keeps "
-              "its finished trials and continues with --resume.")
+@contextlib.contextmanager
+def _watch_sigint() -> Iterator[list[bool]]:
+    """Ctrl-C still raises KeyboardInterrupt (training saves a checkpoint on it); the list
+    records that it came, since typer swallows the exception."""
+    import signal
+
+    seen: list[bool] = []
+
+    def on_sigint(signum: int, frame: object) -> None:
+        seen.append(True)
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread: leave the handler alone
+        previous = None
+    try:
+        yield seen
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+RESUMABLE = ("optimize", "distill")  # commands with a run folder that --resume continues
+
+
+def _interrupted(args: list[str] | None = None) -> None:
+    import shlex
+
+    args = list(args or [])
+    command = next((a for a in args if not a.startswith("-")), None)
+    if command in RESUMABLE:
+        again = shlex.join(["leanify", *args, *([] if "--resume" in args else ["--resume"])])
+        err.print(f"[yellow]Interrupted;[/] resume with `{escape(again)}` (finished work is "
+                  "kept).", highlight=False, soft_wrap=True)
+    else:
+        err.print("[yellow]Interrupted.[/] No half-written file was left.", highlight=False)
     sys.exit(130)
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception, args: list[str] | None = None) -> None:
     from leanify.errors import LeanifyError
 
     # typer ships its own copy of click: recognise its exceptions by shape, not by class.
@@ -618,12 +670,13 @@ def _fail(exc: Exception) -> None:
     if kind == "Exit":
         sys.exit(getattr(exc, "exit_code", 0))
     if kind == "Abort":
-        _interrupted()
+        _interrupted(args)
     if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # usage errors: exit 2
         exc.show()
         sys.exit(exc.exit_code)
     if DEBUG:
         err.print_exception(show_locals=False)
+    exc = _environment_error(exc) or exc
     if isinstance(exc, LeanifyError):
         err.print(f"[bold red]error:[/] {escape(exc.render())}", highlight=False,
                   soft_wrap=True)
@@ -637,6 +690,29 @@ def _fail(exc: Exception) -> None:
         highlight=False, soft_wrap=True,
     )
     sys.exit(1)
+
+
+def _environment_error(exc: Exception) -> Exception | None:
+    """A full disk or a folder leanify may not write to is the user's to fix (exit 2), not
+    a bug: say which file, and what to do."""
+    import errno
+
+    from leanify.errors import LeanifyError
+
+    if not isinstance(exc, OSError) or exc.errno is None:
+        return None
+    where = exc.filename
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return LeanifyError("the disk is full.", path=where,
+                            fix="Free some space, then run the command again (optimize and "
+                                "distill continue with --resume).")
+    if exc.errno == errno.EROFS and where:
+        return LeanifyError(f"cannot write to {where} (a read-only file system).", path=where,
+                            fix="Choose an output path on a writable disk.")
+    if exc.errno in (errno.EACCES, errno.EPERM) and where:
+        return LeanifyError(f"permission denied for {where}.", path=where,
+                            fix="Check its permissions, or choose another path.")
+    return None
 
 
 def _save_traceback(exc: BaseException) -> str | None:

@@ -437,6 +437,13 @@ def serve(
         help="Folder with tokenizer.json, for models that ship without one.",
         show_default=False)] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle")] = False,
+    ray: Annotated[bool, typer.Option(
+        "--ray", help="Serve from a local Ray cluster (Ray Serve), the same endpoints.")]
+    = False,
+    replicas: Annotated[int, typer.Option(help="With --ray: model replicas.")] = 2,
+    max_replicas: Annotated[int | None, typer.Option(
+        help="With --ray: autoscale up to this many replicas on queue length.",
+        show_default=False)] = None,
 ) -> None:
     """An HTTP server for the model: dynamic batching, a bounded queue, OpenAI-shaped
     /v1/embeddings (or /v1/classify), /health, /ready and Prometheus /metrics."""
@@ -466,6 +473,15 @@ def serve(
     from leanify.serve.model import ServedModel
 
     ServedModel.check(source.artifact)  # a bad model is exit 2 before the port is bound
+    if ray:
+        if replicas < 1 or (max_replicas is not None and max_replicas < replicas):
+            raise LeanifyError("--replicas must be at least 1 and --max-replicas at least "
+                               "--replicas.", fix="Use e.g. --replicas 2 --max-replicas 4.")
+        from leanify.serve.ray_serve import serve_ray
+
+        raise typer.Exit(serve_ray(source, limits, host=host, port=port, api_key=api_key,
+                                   replicas=replicas, max_replicas=max_replicas,
+                                   say=lambda msg: err.print(escape(msg))))
     raise typer.Exit(run_server(source, limits, host=host, port=port, api_key=api_key,
                                 say=lambda msg: err.print(escape(msg))))
 

@@ -95,14 +95,11 @@ def check_safetensors(path: Path) -> dict[str, dict]:
                 f"has a corrupt safetensors header (it declares {header_len} bytes of header; "
                 f"the file has {size}).", path=path, fix=fix)
         text = fh.read(header_len)
-    if not text.startswith(b"{"):
-        raise LeanifyError("has a corrupt safetensors header (not a JSON object).", path=path,
-                           fix=fix)
     header = loads_json(text, path, "its safetensors header", fix=fix)
     if not isinstance(header, dict):
         raise LeanifyError("has a corrupt safetensors header (not a JSON object).", path=path,
                            fix=fix)
-    metadata = header.get("__metadata__", {})
+    metadata = header.get("__metadata__") or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise LeanifyError("has a corrupt safetensors header ('__metadata__' must map names "
                            "to strings).", path=path, fix=fix)
@@ -134,8 +131,8 @@ def _tensor_span(path: Path, name: str, entry: object, fix: str) -> tuple[int, i
         return LeanifyError(f"has a corrupt safetensors header: tensor {shorten(name)} {why}.",
                             path=path, fix=fix)
 
-    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-        raise bad("needs exactly 'dtype', 'shape' and 'data_offsets'")
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
+        raise bad("needs 'dtype', 'shape' and 'data_offsets'")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if not isinstance(dtype, str) or dtype not in SAFETENSORS_BITS:
         raise bad(f"has an unknown dtype {shorten(dtype)}")

@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 
 from leanify.errors import LeanifyError
 
@@ -68,6 +69,9 @@ def outcome(call: Callable[[], Any], *inputs: Path) -> Any:
         assert exc.exit_code == 2
         assert exc.path, f"the message names no file: {exc.render()}"
         result = exc
+    # what --hypothesis-show-statistics reports: how often the inputs were accepted
+    if currently_in_test_context():
+        event("refused" if isinstance(result, LeanifyError) else "accepted")
     assert {p: digest(p) for p in inputs} == before, "an input file was changed"
     return result
 

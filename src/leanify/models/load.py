@@ -397,7 +397,7 @@ def _external_file(onnx, tensor, root: Path, path: Path, fix: str) -> Path:
             path=path,
             fix="Keep the .onnx file and its external data file in the same folder.",
         )
-    if not target.is_file():
+    if not (root / location).is_file():  # as the OS opens it ("sub/../w.data" needs sub/)
         raise LeanifyError(
             f"needs its external data file {shorten(location)}, which is missing.",
             path=path,

@@ -70,6 +70,8 @@ def loads_json(text: str | bytes, path: Path, where: str = "",
     e.g. "line 4", inside it)."""
     at = f"{where} " if where else ""
     try:
+        if isinstance(text, bytes):  # json.loads would guess UTF-16/32 from the first bytes
+            text = text.decode("utf-8-sig")
         value = json.loads(text, parse_int=_parse_int, parse_float=_parse_float)
     except _NumberTooLong as exc:
         raise LeanifyError(
@@ -164,10 +166,29 @@ def csv_error(path: Path, exc: csv.Error, line: int) -> LeanifyError:
                         fix="Repair the file's quoting.")
 
 
+# The types of the sidecar entries other modules read (null is always allowed).
+SIDECAR_TYPES: dict[str, tuple[type, ...]] = {
+    "task": (str,), "pooling": (str,), "run_with": (str,), "model_type": (str,),
+    "normalize": (bool,), "labels": (dict,), "runtime": (dict,), "folded_inputs": (dict,),
+    "max_length": (int,), "num_heads": (int,), "hidden_size": (int,), "params": (int,),
+}
+
+
 def read_sidecar(model_file: Path) -> dict[str, Any]:
     """Metadata leanify stored beside a model file (task, pooling, labels, lineage)."""
     sidecar = model_file.parent / SIDECAR
-    return read_json(sidecar) if sidecar.is_file() else {}
+    if not sidecar.is_file():
+        return {}
+    data = read_json(sidecar)
+    for key, types in SIDECAR_TYPES.items():
+        value = data.get(key)
+        if value is not None and (not isinstance(value, types)
+                                  or (isinstance(value, bool) and bool not in types)):
+            raise LeanifyError(
+                f"'{key}' is {shorten(value)}; leanify writes a {types[0].__name__} there.",
+                path=sidecar, fix="Repair the file, or delete it and re-run the pass that "
+                "wrote the model.")
+    return data
 
 
 def tokenizer_beside(model_file: Path) -> dict[str, str]:

@@ -87,11 +87,18 @@ def _check_runtime_entry(artifact: Artifact) -> None:
     from leanify.runtimes import check_settings, for_artifact
 
     settings = artifact.meta.get("runtime") or {}
-    where = artifact.path.parent / SIDECAR if artifact.path else None
+    folder = artifact.path if artifact.path and artifact.path.is_dir() else \
+        artifact.path.parent if artifact.path else None
+    where = folder / SIDECAR if folder else None
     if not isinstance(settings, dict):
         raise LeanifyError("the sidecar's 'runtime' entry should be an object.", path=where,
                            fix="Repair the file.")
-    runtime = for_artifact(artifact)  # settings of other runtimes (carried along) are ignored
+    try:
+        runtime = for_artifact(artifact)  # settings of other runtimes (carried along) are ignored
+    except LeanifyError as exc:
+        if exc.path is None:  # e.g. 'run_with' names no runtime: the sidecar is at fault
+            raise LeanifyError(exc.message, path=where, fix=exc.fix) from exc
+        raise
     check_settings(runtime, {k: v for k, v in settings.items()
                              if k in runtime.settings and v is not None}, where)
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from leanify.errors import LeanifyError
 from leanify.models.files import (
+    MAX_FIELD_CHARS,
     MAX_NUMBER_CHARS,
     csv_error,
     csv_field_limit,
@@ -53,7 +54,7 @@ _MAX_LISTED = 10
 # scores in reasonable time, and its rows (Python objects, ~100 bytes a value) would take
 # gigabytes. IMDB's 50k reviews are 66 MiB and 100k values.
 MAX_DATA_BYTES = 128 << 20
-MAX_VALUES = 5_000_000  # rows x columns
+MAX_VALUES = 2_000_000  # rows x columns
 
 
 @dataclass
@@ -420,6 +421,11 @@ def row_text(path: Path, n: int, row: dict, col: str) -> str:
     if not value.strip():
         raise LeanifyError(f"{_where(path, n)} has an empty '{col}'.", path=path,
                            fix="Fill in the text or drop that row.")
+    if len(value) > MAX_FIELD_CHARS:  # the CSV reader's limit, for every format
+        raise LeanifyError(
+            f"{_where(path, n)}: '{col}' holds {len(value):,} characters; leanify reads texts "
+            f"up to {MAX_FIELD_CHARS:,}.", path=path,
+            fix="Shorten that text (models read at most a few thousand tokens).")
     _refuse_nul(path, n, col, value)
     return value
 

@@ -208,3 +208,29 @@ def test_the_issue_cases_through_the_cli(tmp_path, name):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
     assert name in proc.stderr and words.split(" (")[0][:30] in " ".join(proc.stderr.split())
+
+
+@fuzz_settings(max_examples=60)
+@given(edits=EDITS, task=st.sampled_from(TASKS))
+def test_mutated_parquet_files(tmp_path, edits, task):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"sentence1": ["A cat.", "Rain.", "Yes."],
+                             "sentence2": ["A dog.", "Sun.", "No."], "score": [1.5, 0.0, 4.0]}),
+                   buf)
+    path = tmp_path / "data.parquet"
+    path.write_bytes(mutate(buf.getvalue(), edits))
+    _check(path, task)
+
+
+def test_parquet_past_the_value_limit_is_refused_from_its_footer(tmp_path, monkeypatch):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "data.parquet"
+    pq.write_table(pa.table({"text": ["a"] * 10, "label": ["1"] * 10}), path)
+    monkeypatch.setattr(data_module, "MAX_VALUES", 19)
+    with pytest.raises(LeanifyError, match="holds 10 rows x 2 columns"):
+        read_dataset(path, "text-classification")

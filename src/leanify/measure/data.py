@@ -355,8 +355,23 @@ def _read_parquet(path: Path) -> tuple[list[str], list[Row]]:
             "reading Parquet files needs the Python package 'pyarrow', which is not installed.",
             path=path, fix="Install it with: pip install pyarrow (or give CSV, TSV or JSONL).",
         ) from exc
+    sample = "Give a sample of the rows (a few thousand rows give a stable score)."
+    if path.stat().st_size > MAX_DATA_BYTES:
+        raise LeanifyError(f"is {path.stat().st_size / 2**20:.0f} MiB; leanify reads data "
+                           f"files up to {MAX_DATA_BYTES >> 20} MiB.", path=path, fix=sample)
     try:
+        # Sizes from the footer first: a small file can unpack to gigabytes.
+        meta = pq.ParquetFile(path).metadata
+        unpacked = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        values = meta.num_rows * max(1, meta.num_columns)
+        if values > MAX_VALUES or unpacked > MAX_DATA_BYTES:
+            raise LeanifyError(
+                f"holds {meta.num_rows:,} rows x {meta.num_columns} columns, "
+                f"{unpacked / 2**20:.0f} MiB unpacked; leanify reads up to {MAX_VALUES:,} values "
+                f"and {MAX_DATA_BYTES >> 20} MiB.", path=path, fix=sample)
         table = pq.read_table(path)
+    except LeanifyError:
+        raise
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...
         raise LeanifyError(f"is not a readable Parquet file ({exc}).", path=path,
                            fix="Re-write the file, or give CSV, TSV or JSONL.") from exc

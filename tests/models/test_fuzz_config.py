@@ -87,6 +87,7 @@ def test_modules_json_and_sidecar(tmp_path, modules, sidecar):
     (b'{"vocab_size": "abc"}', "'vocab_size' is 'abc'"),
     (b'{"architectures": 5}', "'architectures' is 5"),
     (b'{"id2label": [1, 2]}', "'id2label'"),
+    (b'{"vocab_size": 0}', "'vocab_size' is 0; it should be a positive integer"),
     (b'{"vocab_size": ' + b"1" * 5000 + b"}", "a number 5000 characters long"),
     (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", f"deeper than {MAX_JSON_DEPTH}"),
     (b'{"vocab_size": 8,,}', "not valid JSON"),

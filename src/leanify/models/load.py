@@ -263,9 +263,10 @@ def _check_config_types(config: Mapping[str, Any], file: Path) -> None:
 
     for key in CONFIG_INTS:
         value = config.get(key)
+        least = 1 if key in ("vocab_size", "max_position_embeddings") else 0
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                  or value < 0):
-            raise bad(key, "a non-negative integer")
+                                  or value < least):
+            raise bad(key, "a positive integer" if least else "a non-negative integer")
     for key in ("model_type",):
         if config.get(key) is not None and not isinstance(config[key], str):
             raise bad(key, "a string")

@@ -95,7 +95,11 @@ def check_safetensors(path: Path) -> dict[str, dict]:
                 f"has a corrupt safetensors header (it declares {header_len} bytes of header; "
                 f"the file has {size}).", path=path, fix=fix)
         text = fh.read(header_len)
-    header = loads_json(text, path, "its safetensors header", fix=fix)
+    try:
+        header = loads_json(text, path, fix=fix)
+    except LeanifyError as exc:
+        raise LeanifyError(f"has a corrupt safetensors header (it {exc.message.rstrip('.')}).",
+                           path=path, fix=fix) from exc
     if not isinstance(header, dict):
         raise LeanifyError("has a corrupt safetensors header (not a JSON object).", path=path,
                            fix=fix)

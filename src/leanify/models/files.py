@@ -82,7 +82,8 @@ def loads_json(text: str | bytes, path: Path, where: str = "",
         raise LeanifyError(
             f"{at}holds a number {len(exc.text)} characters long ({shorten(exc.text)}); "
             f"leanify reads numbers of at most {MAX_NUMBER_CHARS} characters.",
-            path=path, fix=fix,
+            path=path, fix="Write that number shorter (a score as 4.25, an id as 1234), or "
+            "repair the file.",
         ) from None
     except RecursionError:
         raise LeanifyError(

@@ -284,6 +284,10 @@ def doctor(
                                                    show_default=False)] = None,
     sample: Annotated[Path | None, typer.Option(help=SAMPLE_HELP, show_default=False)] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle")] = False,
+    rate: Annotated[float | None, typer.Option(
+        help="Requests/s you serve: serve the model at that rate, one request at a time and "
+             "with dynamic batching, and split server overhead from model time.",
+        show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no report.")]
     = False,
 ) -> None:
@@ -301,7 +305,7 @@ def doctor(
         data=data, task=task, latency_budget_ms=latency_budget_ms,
         memory_budget_mb=memory_budget_mb, trace=trace, quick=quick, threads=threads,
         tokenizer=str(tokenizer) if tokenizer else None, trust_pickle=trust_pickle,
-        sample=sample, outputs=tuple(p for p in (json_path, html) if p is not None))
+        sample=sample, rate=rate, outputs=tuple(p for p in (json_path, html) if p is not None))
     if quiet:
         record = run_doctor(model, settings)
     else:

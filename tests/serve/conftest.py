@@ -1,5 +1,4 @@
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -8,17 +7,6 @@ import time
 from pathlib import Path
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def text_onnx(tmp_path_factory, tiny_onnx, minilm_path) -> Path:
-    """The tiny BERT as ONNX with MiniLM's real tokenizer beside it."""
-    folder = tmp_path_factory.mktemp("served")
-    shutil.copy(tiny_onnx, folder / "model.onnx")
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
-                 "special_tokens_map.json"):
-        shutil.copy(minilm_path / name, folder / name)
-    return folder / "model.onnx"
 
 
 def free_port() -> int:

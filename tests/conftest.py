@@ -109,6 +109,17 @@ def tiny_onnx(tmp_path_factory, tiny_encoder) -> Path:
 
 
 @pytest.fixture(scope="session")
+def text_onnx(tmp_path_factory, tiny_onnx, minilm_path) -> Path:
+    """The tiny BERT as ONNX with MiniLM's real tokenizer beside it."""
+    folder = tmp_path_factory.mktemp("served")
+    shutil.copy(tiny_onnx, folder / "model.onnx")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                 "special_tokens_map.json"):
+        shutil.copy(minilm_path / name, folder / name)
+    return folder / "model.onnx"
+
+
+@pytest.fixture(scope="session")
 def tiny_onnx_external(tmp_path_factory, tiny_onnx) -> Path:
     """The same graph with its weights in an external data file beside it."""
     import onnx

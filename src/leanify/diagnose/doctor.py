@@ -49,6 +49,7 @@ class DoctorSettings:
     sample: Path | None = None  # an input sample (.npz) for models without a tokenizer
     trust_pickle: bool = False
     top: int = 15
+    rate: float | None = None  # requests/s to serve: measure the server around the model
     outputs: tuple[Path, ...] = ()  # files the caller will write (--json, --html): checked first
 
     def check(self) -> None:
@@ -63,6 +64,9 @@ class DoctorSettings:
                                    fix=f"Use e.g. {name} 100.")
         if self.threads is not None and self.threads < 1:
             raise LeanifyError("threads must be at least 1.", fix="Use e.g. --threads 2.")
+        if self.rate is not None and not 0 < self.rate <= 5000:
+            raise LeanifyError(f"--rate must be between 0 and 5000 requests/s, got {self.rate}.",
+                               fix="Use e.g. --rate 20.")
 
 
 def check_output(path: str | os.PathLike, artifact: Artifact | None = None,
@@ -225,7 +229,7 @@ def doctor(model: str | os.PathLike | Artifact, settings: DoctorSettings | None 
         "texts_sampled": len(sample),
     }
     record["inventory"] = inventory.static(artifact)
-    total = 6
+    total = 6 + (settings.rate is not None)
     step = [0]
 
     def say(what: str) -> None:
@@ -293,6 +297,9 @@ def doctor(model: str | os.PathLike | Artifact, settings: DoctorSettings | None 
                                              "tokenizer": None})
                 record["sensitivity"] = sens.get("sensitivity")
                 parent.out["sections"].update(sens["sections"])
+    if settings.rate is not None:
+        say(f"serving at {settings.rate:g} requests/s")
+        record["serving"] = _serve(model, artifact, settings, texts, threads, record)
     say("context length")
     if stats is not None and lengths is not None:
         with parent.run("context"):
@@ -308,6 +315,25 @@ def doctor(model: str | os.PathLike | Artifact, settings: DoctorSettings | None 
     record["wall_s"] = round(time.perf_counter() - t0, 1)
     tick(total, total, "done")
     return record
+
+
+def _serve(model: Any, artifact: Artifact, settings: DoctorSettings, texts: list[str],
+           threads: int, record: dict[str, Any]) -> dict[str, Any] | None:
+    from leanify.diagnose.serving import serving
+    from leanify.serve.model import ServedModel
+
+    try:
+        ServedModel.check(artifact)
+    except LeanifyError as exc:
+        record["warnings"].append(f"--rate: not measured ({exc.message})")
+        return None
+    if isinstance(model, Artifact) or artifact.path is None:
+        record["warnings"].append("--rate: an in-memory model cannot be served; give a path")
+        return None
+    extra = [*(("--tokenizer", settings.tokenizer) if settings.tokenizer else ()),
+             *(("--trust-pickle",) if settings.trust_pickle else ())]
+    return serving(str(model), settings.rate, texts, threads, extra=tuple(extra),
+                   duration_s=4.0 if settings.quick else 10.0)
 
 
 def _merge(record: dict[str, Any], result: dict[str, Any], parent: Sections) -> None:

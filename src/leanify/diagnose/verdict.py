@@ -47,6 +47,46 @@ def budgets(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+SERVER_BOUND = 0.5  # HTTP and client over half the round trip: the server, not the model
+BATCHING_PAYS = 1.2  # dynamic batching's p95 at least this much better than one at a time
+
+
+def _serving_reasons(served: dict[str, Any], budget_ms: float) -> list[str]:
+    if not served:
+        return []
+    reasons = []
+    per, batched = served["per_request"], served["dynamic_batching"]
+    rate = served["rate_rps"]
+    refused = per["rejected_rate"] + per["error_rate"]
+    if (per["p95_ms"] or 0) > budget_ms or refused >= 0.01:
+        reasons.append(
+            f"at {rate:g} requests/s, one request at a time has a p95 of {per['p95_ms']} ms"
+            + (f" and refuses or loses {refused:.0%}" if refused >= 0.01 else "")
+            + f" (with dynamic batching: {batched['p95_ms']} ms): the queue, not the model, "
+            "is where the time goes")
+    share = served.get("server_overhead_share")
+    if share is not None and share > SERVER_BOUND:
+        reasons.append(f"HTTP and the client take {share:.0%} of the median round trip at "
+                       f"{rate:g} requests/s; the model {batched['model_p50_ms']} ms")
+    return reasons
+
+
+def _serving_recommendation(served: dict[str, Any], model_ref: str) -> list[dict[str, Any]]:
+    gain = (served or {}).get("p95_gain")
+    if not gain or gain < BATCHING_PAYS:
+        return []
+    per, batched = served["per_request"], served["dynamic_batching"]
+    return [_rec(
+        "serve", "Serve with dynamic batching",
+        f"At {served['rate_rps']:g} requests/s, one request at a time had a p95 of "
+        f"{per['p95_ms']} ms; batching requests that arrive together (median batch "
+        f"{batched['batch_p50']}) had {batched['p95_ms']} ms.",
+        {"kind": "measured", "speedup": gain,
+         "text": f"p95 {gain:.1f}× lower at your rate (leanify loadtest, both measured)"},
+        "none", "the outputs are the same; a lone request waits at most 5 ms for company",
+        f"leanify serve {model_ref}")]
+
+
 def decide(record: dict[str, Any], model_ref: str, data_ref: str | None,
            task: str | None) -> dict[str, Any]:
     b = budgets(record)
@@ -74,8 +114,11 @@ def decide(record: dict[str, Any], model_ref: str, data_ref: str | None,
             f"{threads['all_threads']} threads ran {1 / max(threads['speedup'], 1e-9):.1f}× "
             "slower than one: the cores are oversubscribed (other processes, or thread pools "
             "fighting)")
+    served = record.get("serving") or {}
+    system += _serving_reasons(served, b["latency_ms"])
     bound = "system" if system else "model"
     recs = _recommendations(record, typ, overhead, bound, model_ref)
+    recs += _serving_recommendation(served, model_ref)
     claim = _claim(record, b, typ, overhead, model_ref, data_ref, task)
     if claim is not None and claim["command"]:
         gain = next((r for r in recs if r["action"] == "optimize"), None)

@@ -37,13 +37,18 @@ def shape(config: Mapping[str, Any]) -> dict[str, Any]:
     heads = config.get("num_attention_heads", config.get("n_head"))
     hidden = config.get("hidden_size", config.get("n_embd"))
     kv_heads = config.get("num_key_value_heads") or heads
-    head_dim = config.get("head_dim") or (hidden // heads if hidden and heads else None)
+    head_dim = config.get("head_dim") or (
+        hidden // heads if _positive(hidden) and _positive(heads) else None)
     context = config.get("max_position_embeddings", config.get("n_positions"))
     return {"num_hidden_layers": layers, "num_attention_heads": heads,
             "num_key_value_heads": kv_heads, "head_dim": head_dim, "hidden_size": hidden,
             "max_length": context, "vocab_size": config.get("vocab_size"),
             "kv_bytes_per_token": kv_bytes(layers, kv_heads, head_dim, 1,
                                            _dtype(config))}
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _dtype(config: Mapping[str, Any]) -> str:

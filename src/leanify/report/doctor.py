@@ -143,6 +143,7 @@ def render_doctor_html(record: dict[str, Any]) -> str:
         "<h2>Dead weight</h2>", _spectral(record), _redundancy(record),
         "<h2>Quantization sensitivity</h2>", _sensitivity(record),
         "<h2>Context length</h2>", _context(record),
+        *(["<h2>Serving at your rate</h2>", _serving(record)] if record.get("serving") else []),
         "<h2>What ran</h2>", _sections(record),
         "</body></html>",
     ]
@@ -342,6 +343,21 @@ def _context(record: dict[str, Any]) -> str:
                        [[k.replace("_", " "), v["seconds"], f"{v['padding_share']:.0%}",
                          f"{v['saving']:.0%}"] for k, v in pad["strategies"].items()])
     return html
+
+
+def _serving(record: dict[str, Any]) -> str:
+    sv = record["serving"]
+    rows = []
+    for mode in ("per_request", "dynamic_batching"):
+        m = sv[mode]
+        rows.append([mode.replace("_", " "), m["p50_ms"], m["p95_ms"], m["throughput_rps"],
+                     f"{m['rejected_rate'] + m['error_rate']:.1%}", m["batch_p50"],
+                     m["queue_p50_ms"], m["model_p50_ms"], m["http_and_client_p50_ms"]])
+    return (f"<p>leanify serve at {sv['rate_rps']:g} requests/s for {sv['duration_s']:g} s "
+            "each, Poisson arrivals of your texts (leanify loadtest), one request at a time "
+            "and with dynamic batching.</p>"
+            + _table(["mode", "p50 ms", "p95 ms", "answered /s", "refused", "batch p50",
+                      "queue p50 ms", "model p50 ms", "HTTP+client p50 ms"], rows))
 
 
 def _sections(record: dict[str, Any]) -> str:

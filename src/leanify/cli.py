@@ -131,7 +131,8 @@ def optimize(
     model: Annotated[str, typer.Argument(help="The model to optimize: an HF folder, an .onnx "
                                               "file, or 'minilm'.", show_default=False)],
     task: Annotated[str, typer.Option(
-        help="embedding-similarity | text-classification | fidelity.", show_default=False)],
+        help="embedding-similarity | text-classification | fidelity | perplexity.",
+        show_default=False)],
     data: Annotated[Path, typer.Option(
         help="Evaluation data: CSV/TSV/JSONL/Parquet or STS-B format, or for array models a "
              "folder of .npz files (one model call each). A calibration split is held out "
@@ -139,7 +140,8 @@ def optimize(
     out: Annotated[Path | None, typer.Option(
         help="Run folder (default: leanify-out/<model name>).", show_default=False)] = None,
     max_drop: Annotated[float, typer.Option(
-        help="Metric points the model may lose (e.g. Spearman x100).")] = 0.5,
+        help="Metric points the model may lose (e.g. Spearman x100); for perplexity, the "
+             "relative increase allowed in percent.")] = 0.5,
     max_latency_ms: Annotated[float | None, typer.Option(
         help="Latency target at the smallest batch and longest sequence.",
         show_default=False)] = None,

@@ -62,8 +62,9 @@ class BenchSettings:
             raise LeanifyError("rounds and iterations must be at least 1.",
                                fix="Use e.g. --rounds 3.")
         if not self.prompt_tokens or any(int(p) < 1 for p in self.prompt_tokens) or \
-                self.new_tokens < 1 or self.generations < 1:
-            raise LeanifyError("prompt tokens, new tokens and generations must be positive.",
+                self.new_tokens < 2 or self.generations < 1:
+            # the first new token ends the prefill; a decode rate needs at least one more
+            raise LeanifyError("prompt tokens must be positive and new tokens at least 2.",
                                fix="Use e.g. --prompt-tokens 512 --new-tokens 128.")
         if self.threads is not None and self.threads < 1:
             raise LeanifyError("threads must be at least 1.", fix="Use e.g. --threads 2.")

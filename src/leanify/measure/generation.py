@@ -95,7 +95,7 @@ def row(name: str, point: tuple[int, int], new_tokens: int, calls: list[dict[str
     def med(key: str) -> float:
         return float(np.median([f[key] for f in figures]))
 
-    tpot = np.percentile(gaps, [50, 95]) if gaps else [float("nan")] * 2
+    tpot = np.percentile(gaps, [50, 95]) if gaps else [None, None]  # one new token: no gap
     meta = artifact.meta
     per_token = meta.get("kv_bytes_per_token")  # from the config (models/causal_lm.py)
     cache = per_token * rows * (prompt_tokens + new_tokens) if per_token else None
@@ -111,8 +111,8 @@ def row(name: str, point: tuple[int, int], new_tokens: int, calls: list[dict[str
         "calls": len(calls),
         "ttft_ms": {k: round(ttft[k], 3) for k in ("p50", "min", "max", "mean")},
         "ttft_p50_ci95_ms": [round(x, 3) for x in ttft["p50_ci95"]],
-        "tpot_ms": {"p50": round(float(tpot[0]), 3), "p95": round(float(tpot[1]), 3)},
-        "decode_tokens_per_s": round(med("decode_tokens_per_s"), 3),
+        "tpot_ms": {"p50": _round(tpot[0]), "p95": _round(tpot[1])},
+        "decode_tokens_per_s": _round(med("decode_tokens_per_s")),
         "prefill_tokens_per_s": round(med("prefill_tokens_per_s"), 3),
         "e2e_ms": round(med("e2e_ms"), 3),
         "round_ttft_ms": [round(_round_median(r, rows, prompt_tokens, "ttft_ms"), 3)
@@ -131,6 +131,11 @@ def row(name: str, point: tuple[int, int], new_tokens: int, calls: list[dict[str
         "kv_cache_mb": round(cache / 2**20, 3) if cache is not None else None,
         "params": meta.get("params"),
     }
+
+
+def _round(value: float | None) -> float | None:
+    """JSON has no NaN: a figure that cannot be measured (one new token: no decode) is None."""
+    return None if value is None or not np.isfinite(value) else round(float(value), 3)
 
 
 def _round_median(calls: list[dict[str, Any]], rows: int, prompt_tokens: int,

@@ -103,8 +103,10 @@ def _generation_table(record: dict[str, Any], console: Console) -> None:
             speed = f" [dim]({vs['decode_speedup']:.2f}×)[/]"
         table.add_row(
             row["model"], str(row["concurrency"]), str(row["prompt_tokens"]),
-            _fmt_ms(row["ttft_ms"]["p50"]), _fmt_ms(tpot["p50"]), _fmt_ms(tpot["p95"]),
-            f"{row['decode_tokens_per_s']:.1f}{speed}", f"{row['prefill_tokens_per_s']:.0f}",
+            _fmt_ms(row["ttft_ms"]["p50"]),
+            *(_fmt_ms(tpot[k]) if tpot[k] is not None else "–" for k in ("p50", "p95")),
+            f"{row['decode_tokens_per_s']:.1f}{speed}" if row["decode_tokens_per_s"] is not None
+            else "–", f"{row['prefill_tokens_per_s']:.0f}",
             _fmt_ms(row["e2e_ms"]), f"{row['peak_rss_mb']:.0f}",
             f"{row['kv_cache_mb']:.1f}" if row.get("kv_cache_mb") is not None else "–")
     console.print(table)

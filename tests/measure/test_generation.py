@@ -78,3 +78,12 @@ def test_bench_refuses_mixing_a_causal_lm_with_an_encoder(tiny_llama, tiny_hf):
     with pytest.raises(LeanifyError, match="every model is timed generating text"), \
             BenchSession([tiny_llama, tiny_hf], BenchSettings(prompt_tokens=(8,))):
         pass
+
+
+def test_generation_settings_are_checked_before_work():
+    from leanify.errors import LeanifyError
+    from leanify.measure.bench import BenchSettings
+
+    for bad in (dict(new_tokens=1), dict(prompt_tokens=(0,)), dict(prompt_tokens=())):
+        with pytest.raises(LeanifyError, match="new tokens at least 2"):
+            BenchSettings(**bad).check()

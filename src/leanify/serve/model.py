@@ -60,6 +60,21 @@ def resolve(model: str | Path, *, tokenizer: str | None = None, trust_pickle: bo
     return Source(artifact, artifact.name, threads)
 
 
+def serving_settings(artifact: Artifact) -> Artifact:
+    """ONNX Runtime's pool threads spin-wait after each run for the next one: in a benchmark
+    that wins a little, in a server they take the cores from the event loop that reads,
+    refuses and answers requests. Spinning is off unless the model's settings say otherwise."""
+    from dataclasses import replace
+
+    from leanify.runtimes import for_artifact
+
+    settings = dict(artifact.meta.get("runtime") or {})
+    if for_artifact(artifact).name != "onnxruntime" or "allow_spinning" in settings:
+        return artifact
+    return replace(artifact, meta={**artifact.meta,
+                                   "runtime": {**settings, "allow_spinning": False}})
+
+
 class ServedModel:
     """Tokenizer + runner; `run` tokenizes and runs one batch, on the model thread."""
 
@@ -81,7 +96,7 @@ class ServedModel:
         from leanify.runtimes import open_runner
         from leanify.tasks.text import effective_max_length, tokenizer_folder
 
-        artifact = source.artifact
+        artifact = serving_settings(source.artifact)
         self.check(artifact)
         self.artifact = artifact
         self.name = source.name

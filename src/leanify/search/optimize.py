@@ -73,6 +73,7 @@ class OptimizeSettings:
     score_col: str | None = None
     trust_pickle: bool = False
     sample: Path | None = None  # an input sample (.npz) for models without a tokenizer
+    preprocess: str | None = None  # image tasks: key=value,... or a JSON file (tasks/image.py)
     # --allow-training: prune + distill students on this unlabelled text (never the eval data)
     transfer_data: tuple[Path, ...] = ()
     training_budget_min: float | None = None  # None: no training
@@ -168,7 +169,7 @@ def _optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
 
     task = tasks.get(settings.task)
     tick = progress or (lambda _d, _t, _w: None)
-    source = load(model, trust_pickle=settings.trust_pickle)
+    source = task.prepare(load(model, trust_pickle=settings.trust_pickle), settings.preprocess)
     # Everything that can be wrong with the input is checked before any long work.
     dataset = read_dataset(settings.data, settings.task, text_col=settings.text_col,
                            pair_cols=settings.pair_cols, label_col=settings.label_col,
@@ -215,6 +216,7 @@ def _optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
                              if settings.calibration_data else None),
         "calibration_rows": len(calibration), "evaluation_rows": len(evaluation),
         "sample": str(Path(settings.sample).resolve()) if settings.sample else None,
+        "preprocess": source.meta.get("preprocess"),
         "training": ({"data": [str(p) for p in training.data],
                       "data_sha256": [_file_sha(p) for p in training.data],
                       "budget_min": training.budget_min} if training else None),
@@ -538,16 +540,20 @@ def _reference(source: Artifact, dataset, threads: int, max_length: int, target:
         return
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
         pool.submit(_reference_child, str(source.path), dataset, threads, max_length,
-                    target).result()
+                    target, source.meta).result()
 
 
 def _reference_child(source: Artifact | str, dataset, threads: int, max_length: int,
-                     target: str) -> None:
+                     target: str, meta: dict[str, Any] | None = None) -> None:
     import numpy as np
 
     from leanify.measure.evaluate import reference_outputs
 
     artifact = load(source)
+    if meta:  # what the task resolved for the source (image preprocessing)
+        from dataclasses import replace
+
+        artifact = replace(artifact, meta={**meta, **artifact.meta})
     arrays = reference_outputs(artifact, dataset, threads=threads, max_length=max_length)
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(target).with_suffix(".partial.npz")

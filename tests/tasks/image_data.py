@@ -70,10 +70,84 @@ def write_classes(folder: Path, rows: list[tuple[np.ndarray, str]]) -> Path:
 
     for i, (img, label) in enumerate(rows):
         (folder / label).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(folder / label / f"{i:04d}.png")
+        Image.fromarray(img).save(folder / label / f"{i:04d}.png", compress_level=1)
     return folder
 
 
 def orientation_data(folder: Path, seeds: range, with_scans: bool = False) -> Path:
     images = [page(s) for s in seeds] + (scans() if with_scans else [])
     return write_classes(folder, rotated(images))
+
+
+# --- small CNNs, built here and exported to ONNX -----------------------------------------
+
+
+def _export(module, path: Path, shape: tuple[int, ...], dynamic_hw: bool = False) -> Path:
+    import torch
+
+    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
+    torch.onnx.export(module.eval(), (torch.zeros(shape),), str(path), input_names=["pixels"],
+                      output_names=["scores"],
+                      dynamic_axes={"pixels": axes, "scores": {0: "batch"}},
+                      opset_version=17, dynamo=False)
+    return path
+
+
+def colour_cnn(path: Path, size: int = 32, dynamic_hw: bool = False):
+    """A CNN whose class is the image's dominant colour (0 red, 1 green, 2 blue): an identity
+    1x1 convolution, a 3x3 smoothing one, ReLU, global average, identity linear."""
+    import torch
+
+    conv = torch.nn.Conv2d(3, 3, 1)
+    smooth = torch.nn.Conv2d(3, 3, 3, padding=1, groups=3)
+    linear = torch.nn.Linear(3, 3)
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(3).reshape(3, 3, 1, 1))
+        conv.bias.zero_()
+        smooth.weight.fill_(1 / 9)
+        smooth.bias.zero_()
+        linear.weight.copy_(torch.eye(3))
+        linear.bias.zero_()
+    model = torch.nn.Sequential(conv, smooth, torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), linear)
+    return _export(model, path, (1, 3, size, size), dynamic_hw)
+
+
+def feature_cnn(path: Path, size: int = 64):
+    """A small detector-like CNN (random weights, a feature map out): no labels to score."""
+    import torch
+
+    torch.manual_seed(0)
+    layers = []
+    channels = 3
+    for width in (16, 32, 32):
+        layers += [torch.nn.Conv2d(channels, width, 3, stride=2, padding=1),
+                   torch.nn.BatchNorm2d(width), torch.nn.ReLU()]
+        channels = width
+    layers.append(torch.nn.Conv2d(channels, 4, 1))
+    model = torch.nn.Sequential(*layers)
+    for m in model.modules():  # batch norm statistics that are not the identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return _export(model, path, (1, 3, size, size))
+
+
+def colour_images(folder: Path, per_class: int, seed: int, size: int = 48,
+                  labelled: bool = True) -> Path:
+    """Noisy photos of one dominant colour each, a folder per class (0_red, 1_green, 2_blue)
+    or, unlabelled, all in one folder."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    names = ("0_red", "1_green", "2_blue")
+    for c, name in enumerate(names):
+        target = folder / name if labelled else folder
+        target.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            h, w = int(rng.integers(size, 2 * size)), int(rng.integers(size, 2 * size))
+            img = rng.integers(0, 90, (h, w, 3))
+            img[:, :, c] += int(rng.integers(120, 165))
+            Image.fromarray(img.astype(np.uint8)).save(target / f"{name}_{i}.png",
+                                                       compress_level=1)
+    return folder

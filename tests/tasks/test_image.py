@@ -175,3 +175,22 @@ def test_a_text_model_is_refused_by_image_tasks(colour):
                                            TensorSpec("attention_mask", "int64", ("b", "s"))))
     with pytest.raises(LeanifyError, match="not an image model"):
         get("image-classification").check(text, read_dataset(folder, "image-classification"))
+
+
+@pytest.mark.parametrize("options", ["shorter=40,interpolation=lanczos,color=BGR",
+                                     "resize=exact,mean=0.5,std=0.5"])
+def test_the_usage_snippet_feeds_the_model_as_leanify_did(colour, tmp_path, monkeypatch,
+                                                          options):
+    from PIL import Image
+
+    from leanify.tasks.image_classification import snippet_inputs
+
+    model, _ = colour
+    artifact = get("image-classification").prepare(load(model), options)
+    photo = np.random.default_rng(5).integers(0, 256, (50, 70, 3)).astype(np.uint8)
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(photo).save("photo.jpg", quality=95)
+    scope = {"np": np}
+    exec("\n".join(snippet_inputs(artifact.meta)), scope)
+    expected = im.resolve(artifact).apply(im.decode(tmp_path / "photo.jpg"))[None]
+    assert np.allclose(scope["feeds"]["pixels"], expected, atol=1e-5)

@@ -673,11 +673,12 @@ def _finish(out: Path, source: Artifact, baseline: dict[str, Any], results: list
 def _write_example_inputs(out: Path, source: Artifact, settings: OptimizeSettings) -> None:
     """An array model's snippet runs on OUT/example_inputs.npz: the user's sample, else the
     first .npz of the data."""
+    from leanify import tasks
     from leanify.report.snippet import EXAMPLE_INPUTS
     from leanify.tasks.text import is_text_model
 
-    if is_text_model(source):
-        return
+    if is_text_model(source) or "image" in tasks.get(settings.task).reads:
+        return  # an image model's snippet reads an image file, not arrays
     data = Path(settings.data)
     example = Path(settings.sample) if settings.sample else \
         (min(data.glob("*.npz"), default=None) if data.is_dir() else data)

@@ -116,6 +116,7 @@ class Preprocess:
 
     def apply(self, image: np.ndarray) -> np.ndarray:
         """One decoded image (H, W, 3 uint8 RGB) -> one model row (C, H, W or H, W, C)."""
+        pillow()
         from PIL import Image
 
         pil = Image.fromarray(image)
@@ -359,11 +360,19 @@ def model_labels(artifact: Artifact) -> dict[str, str] | None:
 # --- decoding ---------------------------------------------------------------------------
 
 
+def pillow() -> None:
+    """Pillow is there (the `vision` extra), else a clear error naming it."""
+    from leanify.errors import require
+
+    require("PIL.Image", "vision", "Image tasks")
+
+
 def decode(item: Any) -> np.ndarray:
     """A row (a path or an array) as an (H, W, 3) uint8 RGB array; EXIF orientation
     applied, as a viewer shows the photo."""
     if isinstance(item, np.ndarray):
         return _array_rgb(item)
+    pillow()
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(item)

@@ -91,20 +91,36 @@ class ImageClassification(Task):
 
 
 def snippet_inputs(meta: dict[str, Any]) -> list[str]:
-    pre = meta.get("preprocess") or {}
+    """Lines that turn one image file into `feeds`, exactly as leanify fed the model."""
+    pre = dict(meta.get("preprocess") or {})
     if not pre:
         return []
+    pre["shorter"] = image.Preprocess(**{**pre, "mean": tuple(pre["mean"]),
+                                         "std": tuple(pre["std"])}).shorter_side
+    pre.pop("source", None)
     return [
-        "from PIL import Image",
+        "from PIL import Image, ImageOps",
+        "",
         f"pre = {pre!r}",
-        "img = Image.open('photo.jpg').convert('RGB')",
-        "# resize as declared (pre['resize'], pre['shorter']), centre-crop to height x width,",
-        "# then scale, mean/std, colour order and layout:",
-        "x = (np.asarray(img.resize((pre['width'], pre['height'])), np.float32) * pre['scale']"
-        " - pre['mean']) / pre['std']",
-        "x = x[:, :, ::-1] if pre['color'] == 'BGR' else x",
+        "img = ImageOps.exif_transpose(Image.open('photo.jpg')).convert('RGB')  # your image",
+        "resample = getattr(Image.Resampling, pre['interpolation'].upper())",
+        "if pre['resize'] == 'exact':",
+        "    img = img.resize((pre['width'], pre['height']), resample)",
+        "else:  # the shorter side to pre['shorter'], then the centre crop",
+        "    ratio = pre['shorter'] / min(img.size)",
+        "    w = max(pre['width'], round(img.width * ratio))",
+        "    h = max(pre['height'], round(img.height * ratio))",
+        "    img = img.resize((w, h), resample)",
+        "    left, top = (w - pre['width']) // 2, (h - pre['height']) // 2",
+        "    img = img.crop((left, top, left + pre['width'], top + pre['height']))",
+        "x = np.asarray(img.convert('L'))[:, :, None] if pre['channels'] == 1 else "
+        "np.asarray(img)",
+        "x = x[:, :, ::-1] if pre['color'] == 'BGR' and pre['channels'] == 3 else x",
+        "if not np.issubdtype(np.dtype(pre['dtype']), np.integer):",
+        "    x = (x.astype(np.float32) * np.float32(pre['scale']) - np.float32(pre['mean'])) "
+        "/ np.float32(pre['std'])",
         "x = x.transpose(2, 0, 1) if pre['layout'] == 'NCHW' else x",
-        "feeds = {pre['input']: x[None].astype(pre['dtype'])}",
+        "feeds = {pre['input']: np.ascontiguousarray(x[None], dtype=pre['dtype'])}",
     ]
 
 

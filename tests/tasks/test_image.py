@@ -194,3 +194,26 @@ def test_the_usage_snippet_feeds_the_model_as_leanify_did(colour, tmp_path, monk
     exec("\n".join(snippet_inputs(artifact.meta)), scope)
     expected = im.resolve(artifact).apply(im.decode(tmp_path / "photo.jpg"))[None]
     assert np.allclose(scope["feeds"]["pixels"], expected, atol=1e-5)
+
+
+def test_bad_images_in_the_data_stop_optimize_before_any_model_runs(colour, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    model, folder = colour
+    data = tmp_path / "data"
+    data.mkdir()
+    _png_header(data / "bomb.png", 60_000, 60_000)
+    (data / "ok.png").write_bytes((folder / "0_red" / "0_red_0.png").read_bytes())
+    proc = subprocess.run([sys.executable, "-m", "leanify.cli", "optimize", str(model),
+                           "--task", "image-fidelity", "--data", str(data),
+                           "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "bomb.png" in proc.stderr and "decompression bomb" in proc.stderr
+    assert not (tmp_path / "run").exists()
+    # --preprocess is for image tasks only
+    with pytest.raises(LeanifyError, match="takes no --preprocess"):
+        get("fidelity").prepare(load(model), "size=32")

@@ -367,11 +367,12 @@ def pillow() -> None:
     require("PIL.Image", "vision", "Image tasks")
 
 
-def decode(item: Any) -> np.ndarray:
+def decode(item: Any, header_only: bool = False) -> np.ndarray | None:
     """A row (a path or an array) as an (H, W, 3) uint8 RGB array; EXIF orientation
-    applied, as a viewer shows the photo."""
+    applied, as a viewer shows the photo. `header_only`: check the file's header (format,
+    declared size) and decode nothing: what reading the data does, before any model runs."""
     if isinstance(item, np.ndarray):
-        return _array_rgb(item)
+        return None if header_only else _array_rgb(item)
     pillow()
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -387,6 +388,8 @@ def decode(item: Any) -> np.ndarray:
                         f"({MAX_PIXELS:,}): a decompression bomb or a far larger image than "
                         "any model input.", path=path,
                         fix="Resize the image (or drop it from the data).")
+                if header_only:
+                    return None
                 im = ImageOps.exif_transpose(im)
                 return np.asarray(im.convert("RGB"))
     except LeanifyError:
@@ -441,6 +444,14 @@ def _images_under(folder: Path) -> list[Path]:
     return files
 
 
+def _checked(dataset: Dataset) -> Dataset:
+    """Every image file's header read (a bomb or a broken file is refused now, not in the
+    middle of an evaluation)."""
+    for item in dataset.images or []:
+        decode(item, header_only=True)
+    return dataset
+
+
 def _no_images(path: Path, labelled: bool) -> LeanifyError:
     how = ("a folder per class (e.g. cat/1.jpg, dog/2.jpg), a CSV/JSONL of path,label rows, "
            "or an .npz with 'images' and 'labels'") if labelled else \
@@ -455,14 +466,14 @@ def read(path: str | Path, task: str, labelled: bool,
         raise LeanifyError("no such file or folder.", path=path,
                            fix="Check the path to the images.")
     if path.is_dir():
-        return _read_folder(path, task, labelled)
+        return _checked(_read_folder(path, task, labelled))
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return _read_npz(path, task, labelled)
     if suffix in (".csv", ".tsv", ".jsonl", ".ndjson"):
-        return _read_table(path, task, labelled, label_col)
+        return _checked(_read_table(path, task, labelled, label_col))
     if suffix in IMAGE_SUFFIXES and not labelled:
-        return Dataset(path, task, images=[path], lines=[1])
+        return _checked(Dataset(path, task, images=[path], lines=[1]))
     raise LeanifyError(
         f"leanify does not read '{suffix or 'no suffix'}' image data.", path=path,
         fix="Give a folder of images, a CSV/JSONL of path,label rows, or an .npz.")

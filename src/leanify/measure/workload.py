@@ -3,10 +3,10 @@
 A point is (batch, length): for text models the length is tokens per row; for array models
 (audio, sensor data, any non-text input) it is the sample's own length along its first
 dynamic dim after the batch (e.g. 512 audio samples), which the user's sample fixes; for
-image models (one (batch, 3, H, W) or (batch, H, W, 3) input) it is the image height, and the
-point is (batch, height, width): a static H x W is what runs, whatever lengths are asked
-for; a dynamic one runs square images of each requested side. Bench rows keep the keys
-`batch_size` and `seq_len` for all, and say which workload they measured.
+image models (one (batch, 3, H, W) or (batch, H, W, 3) input) it is the image height (the
+width is the model's, or the same as the height): a static H x W is what runs, whatever
+lengths are asked for; a dynamic one runs square images of each requested side. Bench
+rows keep the keys `batch_size` and `seq_len` for all, and say which workload they measured.
 """
 
 from __future__ import annotations

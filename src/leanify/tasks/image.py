@@ -305,9 +305,17 @@ def resolve(artifact: Artifact, options: str | None = None) -> Preprocess:
              "batch": batch}
     carried = artifact.meta.get("preprocess")
     if isinstance(carried, dict) and not options:
-        values = {**carried, **fixed}
-        values["mean"], values["std"] = tuple(values["mean"]), tuple(values["std"])
-        return Preprocess(**values).check(artifact.path)
+        known = {f.name for f in fields(Preprocess)}
+        values = {**{k: v for k, v in carried.items() if k in known}, **fixed}
+        for key in ("mean", "std"):
+            if isinstance(values.get(key), list):
+                values[key] = tuple(values[key])
+        try:
+            return Preprocess(**values).check(artifact.path)
+        except TypeError as exc:  # a sidecar edited by hand
+            raise LeanifyError(f"the sidecar's 'preprocess' entry is incomplete "
+                               f"({first_line(exc)}).", path=artifact.path,
+                               fix="Restore it, or declare --preprocess.") from exc
     base: dict[str, Any] = {**fixed, "height": h or w or 224, "width": w or h or 224,
                             "source": "input shape"}
     folder = artifact.path if artifact.path is not None and artifact.path.is_dir() else (

@@ -123,7 +123,8 @@ def optimize(
     model: Annotated[str, typer.Argument(help="The model to optimize: an HF folder, an .onnx "
                                               "file, or 'minilm'.", show_default=False)],
     task: Annotated[str, typer.Option(
-        help="embedding-similarity | text-classification | fidelity.", show_default=False)],
+        help="embedding-similarity | text-classification | fidelity | image-classification "
+             "| image-fidelity.", show_default=False)],
     data: Annotated[Path, typer.Option(
         help="Evaluation data: CSV/TSV/JSONL/Parquet or STS-B format, or for array models a "
              "folder of .npz files (one model call each). A calibration split is held out "
@@ -167,6 +168,12 @@ def optimize(
     resume: Annotated[bool, typer.Option("--resume", help="Continue a stopped run in --out; "
                                          "finished trials are not re-run.")] = False,
     sample: Annotated[Path | None, typer.Option(help=SAMPLE_HELP, show_default=False)] = None,
+    preprocess: Annotated[str | None, typer.Option(
+        help="Image tasks: how images become inputs, as key=value pairs (size=224, "
+             "resize=shorter|exact, shorter=256, interpolation=bilinear|bicubic|lanczos, "
+             "scale=1/255, mean=0.485/0.456/0.406, std=..., color=RGB|BGR) or a "
+             "preprocessor_config.json. Default: the model's preprocessor_config.json, "
+             "else its input shape with ImageNet values.", show_default=False)] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle")] = False,
     allow_training: Annotated[bool, typer.Option(
         "--allow-training", help="Also try students: half the layers, distilled on "
@@ -206,7 +213,7 @@ def optimize(
         calibration_size=calibration_size, calibration_data=calibration_data, resume=resume,
         candidates=[c.strip() for c in candidates.split(",")] if candidates else None,
         text_col=text_col, pair_cols=pairs, label_col=label_col, score_col=score_col,
-        trust_pickle=trust_pickle, sample=sample,
+        trust_pickle=trust_pickle, sample=sample, preprocess=preprocess,
         transfer_data=tuple(Path(f.strip()) for f in (transfer_data or "").split(",")
                             if f.strip()),
         training_budget_min=training_budget_min if allow_training else None,

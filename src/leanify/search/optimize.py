@@ -78,6 +78,7 @@ class OptimizeSettings:
     score_col: str | None = None
     trust_pickle: bool = False
     sample: Path | None = None  # an input sample (.npz) for models without a tokenizer
+    preprocess: str | None = None  # image tasks: key=value,... or a JSON file (tasks/image.py)
     # --allow-training: prune + distill students on this unlabelled text (never the eval data)
     transfer_data: tuple[Path, ...] = ()
     training_budget_min: float | None = None  # None: no training
@@ -185,7 +186,7 @@ def _optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
 
     task = tasks.get(settings.task)
     tick = progress or (lambda _d, _t, _w: None)
-    source = load(model, trust_pickle=settings.trust_pickle)
+    source = task.prepare(load(model, trust_pickle=settings.trust_pickle), settings.preprocess)
     # Everything that can be wrong with the input is checked before any long work.
     dataset = read_dataset(settings.data, settings.task, text_col=settings.text_col,
                            pair_cols=settings.pair_cols, label_col=settings.label_col,
@@ -230,6 +231,7 @@ def _optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
                              if settings.calibration_data else None),
         "calibration_rows": len(calibration), "evaluation_rows": len(evaluation),
         "sample": str(Path(settings.sample).resolve()) if settings.sample else None,
+        "preprocess": source.meta.get("preprocess"),
         "training": ({"data": [str(p) for p in training.data],
                       "data_sha256": [_file_sha(p) for p in training.data],
                       "budget_min": training.budget_min} if training else None),
@@ -599,16 +601,21 @@ def _reference(source: Artifact, dataset, threads: int, max_length: int, target:
     if source.path is None:
         _reference_child(source, dataset, threads, max_length, target)
         return
-    _in_child(_reference_child, str(source.path), dataset, threads, max_length, target)
+    _in_child(_reference_child, str(source.path), dataset, threads, max_length, target,
+              source.meta)
 
 
 def _reference_child(source: Artifact | str, dataset, threads: int, max_length: int,
-                     target: str) -> None:
+                     target: str, meta: dict[str, Any] | None = None) -> None:
     import numpy as np
 
     from leanify.measure.evaluate import reference_outputs
 
     artifact = load(source)
+    if meta:  # what the task resolved for the source (image preprocessing)
+        from dataclasses import replace
+
+        artifact = replace(artifact, meta={**meta, **artifact.meta})
     arrays = reference_outputs(artifact, dataset, threads=threads, max_length=max_length)
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(target).with_suffix(".partial.npz")
@@ -788,11 +795,12 @@ def _finish(out: Path, source: Artifact, baseline: dict[str, Any], results: list
 def _write_example_inputs(out: Path, source: Artifact, settings: OptimizeSettings) -> None:
     """An array model's snippet runs on OUT/example_inputs.npz: the user's sample, else the
     first .npz of the data."""
+    from leanify import tasks
     from leanify.report.snippet import EXAMPLE_INPUTS
     from leanify.tasks.text import is_text_model
 
-    if is_text_model(source):
-        return
+    if is_text_model(source) or "image" in tasks.get(settings.task).reads:
+        return  # an image model's snippet reads an image file, not arrays
     data = Path(settings.data)
     example = Path(settings.sample) if settings.sample else \
         (min(data.glob("*.npz"), default=None) if data.is_dir() else data)

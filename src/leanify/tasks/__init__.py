@@ -10,7 +10,8 @@ import importlib
 from leanify.errors import LeanifyError
 from leanify.tasks.base import Columns, EvalSettings, Metric, Task
 
-MODULES = ("embedding_similarity", "text_classification", "fidelity")
+MODULES = ("embedding_similarity", "text_classification", "fidelity", "image_classification",
+           "image_fidelity")
 
 _TASKS: dict[str, Task] = {}
 

@@ -16,6 +16,7 @@ from typing import Any
 from leanify.errors import LeanifyError
 from leanify.models.artifact import Artifact
 from leanify.models.load import load
+from leanify.models.safety import trusting_code
 from leanify.passes.registry import PassConfig, PassContext, run_pipeline
 
 SCHEMA_VERSION = 1
@@ -32,10 +33,22 @@ def apply_passes(
     threads: int | None = None,
     resume: bool = False,
     trust_pickle: bool = False,
+    trust_code: bool = False,
     log: Callable[[str], None] = print,
     tool: str = "leanify apply",
 ) -> dict[str, Any]:
-    """Load `model`, run `configs` in order, install the result in OUT/model; the record."""
+    """Load `model`, run `configs` in order, install the result in OUT/model; the record.
+
+    `trust_code=True` allows models that are code (TorchScript); see models/safety.py."""
+    with trusting_code(trust_code):  # the passes' loads of their own outputs inherit it
+        return _apply(model, configs, out, calibration_data, calibration_size, max_length,
+                      threads, resume, trust_pickle, log, tool)
+
+
+def _apply(model: str | os.PathLike | Artifact, configs: Sequence[PassConfig],
+           out: str | os.PathLike, calibration_data: str | os.PathLike | None,
+           calibration_size: int, max_length: int, threads: int | None, resume: bool,
+           trust_pickle: bool, log: Callable[[str], None], tool: str) -> dict[str, Any]:
     from leanify.measure.bench import write_json
     from leanify.measure.machine import machine_info
     from leanify.search.optimize import install_model

@@ -141,6 +141,9 @@ def _import_runtime(fmt: str) -> None:
 
 
 def main() -> None:
+    from leanify.sandbox import limit_worker
+
+    limit_worker()  # the memory budget, before any model is touched
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # libraries that print must not corrupt the protocol
     worker = Worker()

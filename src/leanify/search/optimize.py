@@ -29,6 +29,7 @@ from leanify.measure.bench import BenchSession, BenchSettings, Probe, Spawn, wri
 from leanify.measure.machine import machine_info, usable_cores
 from leanify.models.artifact import Artifact
 from leanify.models.load import load
+from leanify.models.safety import trusting_code
 from leanify.passes.registry import PassConfig, PassContext, run_pipeline
 from leanify.search.plan import Candidate, Training, plan
 from leanify.search.select import (
@@ -72,6 +73,7 @@ class OptimizeSettings:
     label_col: str | None = None
     score_col: str | None = None
     trust_pickle: bool = False
+    trust_code: bool = False  # TorchScript / compiled .pt2 members (see models/safety.py)
     sample: Path | None = None  # an input sample (.npz) for models without a tokenizer
     # --allow-training: prune + distill students on this unlabelled text (never the eval data)
     transfer_data: tuple[Path, ...] = ()
@@ -150,7 +152,8 @@ def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
     deps = deps or Dependencies()
     out_dir: list[Path] = []
     try:
-        return _optimize(model, settings, progress, deps, out_dir)
+        with trusting_code(settings.trust_code):  # workers and passes inherit it
+            return _optimize(model, settings, progress, deps, out_dir)
     except LeanifyError:
         raise
     except Exception as exc:
@@ -218,6 +221,8 @@ def _optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
         "training": ({"data": [str(p) for p in training.data],
                       "data_sha256": [_file_sha(p) for p in training.data],
                       "budget_min": training.budget_min} if training else None),
+        # a run that allowed code is another run (absent when not: older runs keep their keys)
+        **({"trust_code": True} if settings.trust_code else {}),
     }
     store = TrialStore(out / "trials.db")
     try:
@@ -643,6 +648,7 @@ def _finish(out: Path, source: Artifact, baseline: dict[str, Any], results: list
             "final_budget_s": settings.final_budget_s,
             "final_max_rounds": settings.final_max_rounds,
             "calibration_size": settings.calibration_size, "max_length": settings.max_length,
+            "trust_pickle": settings.trust_pickle, "trust_code": settings.trust_code,
         },
         "machine": machine,
         "versions": machine["versions"],

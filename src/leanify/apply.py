@@ -16,7 +16,7 @@ from typing import Any
 from leanify.errors import LeanifyError
 from leanify.models.artifact import Artifact
 from leanify.models.load import load
-from leanify.models.safety import trusting_code
+from leanify.models.safety import own_outputs, trusting_code
 from leanify.passes.registry import PassConfig, PassContext, run_pipeline
 
 SCHEMA_VERSION = 1
@@ -40,7 +40,8 @@ def apply_passes(
     """Load `model`, run `configs` in order, install the result in OUT/model; the record.
 
     `trust_code=True` allows models that are code (TorchScript); see models/safety.py."""
-    with trusting_code(trust_code):  # the passes' loads of their own outputs inherit it
+    # the passes' loads of their own outputs (under OUT) inherit both
+    with trusting_code(trust_code), own_outputs(out):
         return _apply(model, configs, out, calibration_data, calibration_size, max_length,
                       threads, resume, trust_pickle, log, tool)
 

@@ -90,7 +90,8 @@ def out_of_memory(text: str) -> bool:
 
 def memory_error(label: str, detail: str = "") -> LeanifyError:
     gb = memory_limit_gb()
-    said = f" ({detail.strip().splitlines()[0][:200]})" if detail.strip() else ""
+    first = detail.strip().splitlines()[0] if detail.strip() else ""
+    said = f" ({first[:160]}{'...' if len(first) > 160 else ''})" if first else ""
     return LeanifyError(
         f"the model {label} asked for more memory than the {gb:g} GB limit{said}, so leanify "
         "stopped it.",

@@ -81,7 +81,7 @@ def load(
             fix=f"Check the path. leanify loads {SUPPORTED}.",
         )
     artifact = _load_path(path.resolve(), name or label, trust_pickle,
-                          code_trusted(trust_code))
+                          code_trusted(trust_code, path))
     _check_runtime_entry(artifact)
     if tokenizer is not None:
         artifact = _replace_meta(artifact, tokenizer=str(_tokenizer_folder(tokenizer)))
@@ -475,7 +475,8 @@ def _isolated(kind: str, path: Path, name: str, trust_pickle: bool) -> Artifact:
     if sandbox.is_limited():
         return _inspect(kind, path, name, trust_pickle)
     stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns, kind, trust_pickle, code_trusted(None))
+    key = (str(path), stat.st_size, stat.st_mtime_ns, kind, trust_pickle,
+           code_trusted(None, path))
     if key not in _INSPECTED:
         _INSPECTED[key] = sandbox.run_isolated(
             "leanify.models.load:inspect_to_json",
@@ -520,6 +521,12 @@ def _load_torchscript(path: Path, name: str) -> Artifact:
             module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # torch raises RuntimeError subclasses with C++ text
         first = first_line(exc)
+        if "Permission denied" in str(exc) or "Operation not permitted" in str(exc):
+            raise LeanifyError(  # the limited child forbids writes outside its scratch folder
+                "ran code on load that tried to write a file or reach the network, which "
+                "leanify's limited inspection forbids; it did not load.",
+                path=path, fix="Do not use this file, or export the model to ONNX or .pt2 in "
+                "an environment you can throw away.") from exc
         raise LeanifyError(
             f"is not a loadable TorchScript archive ({first}).",
             path=path,
@@ -557,7 +564,7 @@ def load_pt2_program(path: Path, trust_pickle: bool = False, trust_code: bool | 
             "is not a torch.export archive (damaged, truncated or another format).",
             path=path, fix="Re-save it with torch.export.save.",
         )
-    check_pt2_archive(path, trust_pickle, code_trusted(trust_code))
+    check_pt2_archive(path, trust_pickle, code_trusted(trust_code, path))
     import logging
 
     export_log = logging.getLogger("torch.export")

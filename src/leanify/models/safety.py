@@ -63,12 +63,37 @@ def sniff_torch_archive(path: Path) -> str:
 
 
 TRUST_CODE_ENV = "LEANIFY_TRUST_CODE"  # set while a command runs with --trust-code
+OUTPUTS_ENV = "LEANIFY_OWN_OUTPUTS"  # folders a running command writes its own models to
 
 
-def code_trusted(explicit: bool | None) -> bool:
+def code_trusted(explicit: bool | None, path: Path | None = None) -> bool:
     """The caller's choice, else what the enclosing command allows (inherited by the
-    measuring workers and by the passes' loads of their own outputs)."""
-    return bool(explicit) if explicit is not None else os.environ.get(TRUST_CODE_ENV) == "1"
+    measuring workers and by the passes' loads of their own outputs). A file under a folder
+    the running command writes its candidates to is leanify's own output (e.g. the
+    TorchScript that torch-dynamic-int8 makes from a safetensors model)."""
+    if explicit is not None:
+        return bool(explicit)
+    if os.environ.get(TRUST_CODE_ENV) == "1":
+        return True
+    own = [Path(p) for p in os.environ.get(OUTPUTS_ENV, "").split(os.pathsep) if p]
+    return path is not None and any(path.resolve().is_relative_to(folder) for folder in own)
+
+
+@contextlib.contextmanager
+def own_outputs(folder: str | os.PathLike | None) -> Iterator[None]:
+    """Within the block (and its child processes) files under `folder` are leanify's own."""
+    before = os.environ.get(OUTPUTS_ENV)
+    folders = [p for p in (before or "").split(os.pathsep) if p]
+    if folder is not None:
+        folders.append(str(Path(folder).expanduser().resolve()))
+    os.environ[OUTPUTS_ENV] = os.pathsep.join(folders)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(OUTPUTS_ENV, None)
+        else:
+            os.environ[OUTPUTS_ENV] = before
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ from leanify.measure.bench import BenchSession, BenchSettings, Probe, Spawn, wri
 from leanify.measure.machine import machine_info, usable_cores
 from leanify.models.artifact import Artifact
 from leanify.models.load import load
-from leanify.models.safety import trusting_code
+from leanify.models.safety import own_outputs, trusting_code
 from leanify.passes.registry import PassConfig, PassContext, run_pipeline
 from leanify.search.plan import Candidate, Training, plan
 from leanify.search.select import (
@@ -152,7 +152,9 @@ def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
     deps = deps or Dependencies()
     out_dir: list[Path] = []
     try:
-        with trusting_code(settings.trust_code):  # workers and passes inherit it
+        # workers and passes inherit both: the user's choice, and that the candidates leanify
+        # writes under --out are its own (a TorchScript candidate made from safetensors)
+        with trusting_code(settings.trust_code), own_outputs(settings.out):
             return _optimize(model, settings, progress, deps, out_dir)
     except LeanifyError:
         raise

@@ -181,7 +181,7 @@ def run_isolated(target: str, kwargs: dict[str, Any], label: str) -> Any:
     if reply.get("ok"):
         return reply["value"]
     if reply.get("kind") == "input":
-        raise LeanifyError(reply["message"])
+        raise LeanifyError(reply["message"], path=reply.get("path"), fix=reply.get("fix"))
     text = f"{reply.get('message', '')}\n{proc.stderr}"
     if reply.get("kind") == "memory" or out_of_memory(text):
         raise memory_error(label, reply.get("message", ""))
@@ -209,7 +209,8 @@ def _child_main() -> None:
         value = getattr(importlib.import_module(module), name)(**request["kwargs"])
         reply = {"ok": True, "value": value, "confined": confined}
     except LeanifyError as exc:
-        reply = {"ok": False, "kind": "input", "message": exc.render()}
+        reply = {"ok": False, "kind": "input", "message": exc.message, "path": exc.path,
+                 "fix": exc.fix}
     except MemoryError as exc:
         reply = {"ok": False, "kind": "memory", "message": f"MemoryError: {exc}"}
     except Exception as exc:

@@ -555,16 +555,20 @@ def _scalar_spec(name: str, kind: str) -> TensorSpec | None:
     return TensorSpec(name, dtype, ()) if dtype else None
 
 
-def load_pt2_program(path: Path, trust_pickle: bool = False, trust_code: bool | None = None):
-    """torch.export.load with every pickle path made weights-only (see safety.py), after the
-    archive's static checks (no compiled code unless trusted, no zip slip, sizes that fit)."""
-    torch = require("torch", "torch", "Loading .pt2 models")
+def _check_pt2(path: Path, trust_pickle: bool, trust_code: bool) -> None:
     if sniff_torch_archive(path) != "pt2":
         raise LeanifyError(
             "is not a torch.export archive (damaged, truncated or another format).",
             path=path, fix="Re-save it with torch.export.save.",
         )
-    check_pt2_archive(path, trust_pickle, code_trusted(trust_code, path))
+    check_pt2_archive(path, trust_pickle, trust_code)
+
+
+def load_pt2_program(path: Path, trust_pickle: bool = False, trust_code: bool | None = None):
+    """torch.export.load with every pickle path made weights-only (see safety.py), after the
+    archive's static checks (no compiled code unless trusted, no zip slip, sizes that fit)."""
+    torch = require("torch", "torch", "Loading .pt2 models")
+    _check_pt2(path, trust_pickle, code_trusted(trust_code, path))
     import logging
 
     export_log = logging.getLogger("torch.export")
@@ -587,8 +591,7 @@ def load_pt2_program(path: Path, trust_pickle: bool = False, trust_code: bool | 
 
 
 def _load_pt2(path: Path, name: str, trust_pickle: bool, trust_code: bool) -> Artifact:
-    if sniff_torch_archive(path) == "pt2":  # refused before any child starts
-        check_pt2_archive(path, trust_pickle, trust_code)
+    _check_pt2(path, trust_pickle, trust_code)  # refused before any child starts
     return _isolated("pt2", path, name, trust_pickle)
 
 

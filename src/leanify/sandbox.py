@@ -13,6 +13,9 @@ The memory budget is RLIMIT_DATA, not RLIMIT_AS: torch, onnxruntime and openvino
 address space they never touch (threads' stacks, allocator arenas), so an address-space cap
 low enough to matter breaks them; RLIMIT_DATA counts private writable memory, what a
 declared-too-large tensor really asks for, and refuses it at mmap time, before pages exist.
+Measured on a 2-core machine with torch, onnxruntime, openvino and transformers imported and
+one session of each runtime: 1.27 GB of address space, 0.32 GB of private data (a 0.5 GB
+RLIMIT_DATA ran all three); the address space grows with the thread count.
 """
 
 from __future__ import annotations

@@ -174,3 +174,23 @@ def test_torchscript_is_refused_by_default_and_confined_when_trusted(tmp_path):
     assert trusted.returncode == 2, trusted.stderr
     assert "tried to write a file" in trusted.stderr
     assert target.read_bytes() == b"original"
+
+
+def test_safetensors_shape_larger_than_its_bytes_is_refused(tiny_hf, tmp_path):
+    import shutil
+    import struct
+
+    folder = tmp_path / "grown"
+    shutil.copytree(tiny_hf, folder)
+    weights = folder / "model.safetensors"
+    raw = weights.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + length])
+    name = next(k for k in header if k != "__metadata__")
+    header[name]["shape"] = [750_000, 1000]  # its data_offsets still span the real bytes
+    grown = json.dumps(header).encode()
+    weights.write_bytes(struct.pack("<Q", len(grown)) + grown + raw[8 + length:])
+    proc = run("info", str(folder))
+    assert proc.returncode == 2, proc.stderr
+    assert f"'{name}'" in proc.stderr and "[750000, 1000]" in proc.stderr
+    assert str(weights) in proc.stderr

@@ -195,7 +195,9 @@ def _load_folder(path: Path, name: str, trust_pickle: bool) -> Artifact:
     if weights:
         tensors: dict[str, dict] = {}
         for file in weights:
-            tensors.update(check_safetensors(file))
+            table = check_safetensors(file)
+            _check_tensor_spans(file, table)
+            tensors.update(table)
         params = sum(_numel(t.get("shape", [])) for t in tensors.values())
         weight_format = "safetensors"
     elif not trust_pickle:
@@ -236,6 +238,29 @@ def _load_folder(path: Path, name: str, trust_pickle: bool) -> Artifact:
     # lineage a leanify pass left (pruned_from, prune / distill records); config.json wins
     meta = {**read_sidecar(config_file), **meta}
     return Artifact("hf", path, name, tuple(inputs), meta)
+
+
+SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
+                     "I8": 1, "U8": 1, "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "C64": 8,
+                     "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def _check_tensor_spans(path: Path, tensors: Mapping[str, Any]) -> None:
+    """Each tensor's shape must fill exactly the bytes its offsets give it: a shape larger than
+    its bytes would make the parameter count (and what a loader allocates) a lie."""
+    for name, entry in tensors.items():
+        try:
+            start, end = (int(v) for v in entry["data_offsets"])
+            shape, element = entry["shape"], SAFETENSORS_BYTES.get(entry["dtype"])
+        except (KeyError, TypeError, ValueError):
+            continue  # the header check reports malformed entries
+        if element is None or not all(isinstance(d, int) and d >= 0 for d in shape):
+            continue
+        if _numel(shape) * element != end - start:
+            raise LeanifyError(
+                f"declares tensor '{name}' of shape {list(shape)} ({entry['dtype']}, "
+                f"{_numel(shape) * element:,} bytes) over {end - start:,} bytes of data.",
+                path=path, fix="The file is damaged or crafted: re-save the model.")
 
 
 # config.json names for the sizes that decide an architecture's parameter count

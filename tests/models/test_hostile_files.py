@@ -75,6 +75,15 @@ def test_pt2_with_code_or_escaping_members_is_refused(tiny_pt2, tmp_path, member
     assert not (tmp_path / "ran").exists() and not (tmp_path / "escaped.txt").exists()
 
 
+def test_bench_refuses_a_compiled_pt2_before_any_worker_starts(tiny_pt2, tmp_path):
+    root = root_of(tiny_pt2)
+    bad = rewrite(tiny_pt2, tmp_path / "aoti.pt2",
+                  add={f"{root}/data/aotinductor/model/model.so": b"\x7fELF"})
+    proc = run("bench", str(bad), "--rounds", "1", "--min-iters", "1", "-b", "1", "-s", "8")
+    assert proc.returncode == 2, proc.stderr
+    assert "--trust-code" in proc.stderr and "data/aotinductor/model/model.so" in proc.stderr
+
+
 def test_pt2_pickled_tensor_runs_no_payload_even_when_pickles_are_trusted(tiny_pt2, tmp_path):
     marker = tmp_path / "payload-ran"
 

@@ -8,7 +8,7 @@ or Ctrl-C continues the training instead of starting over. The input model is ne
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from leanify.models.artifact import Artifact
 from leanify.models.load import load
 from leanify.models.safety import own_outputs, trusting_code
 from leanify.passes.registry import PassConfig, PassContext, run_pipeline
+from leanify.runlock import LOCK_NAME, RunLock
 
 SCHEMA_VERSION = 1
 
@@ -36,27 +37,34 @@ def apply_passes(
     trust_code: bool = False,
     log: Callable[[str], None] = print,
     tool: str = "leanify apply",
+    inputs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Load `model`, run `configs` in order, install the result in OUT/model; the record.
 
-    `trust_code=True` allows models that are code (TorchScript); see models/safety.py."""
+    `inputs` names the other files the passes read (label -> path): OUT may hold none of
+    them. OUT is locked while the passes run: a second run into it is refused.
+    `trust_code=True` allows models that are code (TorchScript); see models/safety.py.
+    """
     # the passes' loads of their own outputs (under OUT) inherit both
     with trusting_code(trust_code), own_outputs(out):
-        return _apply(model, configs, out, calibration_data, calibration_size, max_length,
-                      threads, resume, trust_pickle, log, tool)
+        started = datetime.now(UTC)
+        source = load(model, trust_pickle=trust_pickle)
+        inputs = {**(inputs or {}), "--calibration-data": calibration_data}
+        out, lock = _prepare(Path(out), source, resume, inputs)
+        try:
+            return _apply(source, configs, out, started, calibration_data, calibration_size,
+                          max_length, threads, log, tool)
+        finally:
+            lock.release()
 
 
-def _apply(model: str | os.PathLike | Artifact, configs: Sequence[PassConfig],
-           out: str | os.PathLike, calibration_data: str | os.PathLike | None,
-           calibration_size: int, max_length: int, threads: int | None, resume: bool,
-           trust_pickle: bool, log: Callable[[str], None], tool: str) -> dict[str, Any]:
+def _apply(source: Artifact, configs: Sequence[PassConfig], out: Path, started: datetime,
+           calibration_data: str | os.PathLike | None, calibration_size: int, max_length: int,
+           threads: int | None, log: Callable[[str], None], tool: str) -> dict[str, Any]:
     from leanify.measure.bench import write_json
     from leanify.measure.machine import machine_info
     from leanify.search.optimize import install_model
 
-    started = datetime.now(UTC)
-    source = load(model, trust_pickle=trust_pickle)
-    out = _prepare(Path(out), source, resume)
     calibration = _calibration(source, calibration_data, calibration_size, max_length)
     machine = machine_info()
     ctx = PassContext(work_dir=out / "work", threads=threads,
@@ -83,25 +91,38 @@ def _apply(model: str | os.PathLike | Artifact, configs: Sequence[PassConfig],
     return record
 
 
-def _prepare(out: Path, source: Artifact, resume: bool) -> Path:
+def _prepare(out: Path, source: Artifact, resume: bool,
+             inputs: Mapping[str, Any]) -> tuple[Path, RunLock]:
+    """OUT checked against every input (both ways), created, and locked for this run."""
+    from leanify.paths import check_apart
+
     out = out.expanduser().resolve()
-    if source.path is not None:
+    if source.path is not None:  # a file model's folder too: its side files lie there
         root = source.path if source.path.is_dir() else source.path.parent
-        if out == root or out.is_relative_to(root):
-            raise LeanifyError("is inside the input model's folder; leanify never writes there.",
-                               path=out, fix="Choose an --out folder outside the model's folder.")
+        inputs = {"model": root, **inputs}
+    check_apart({"--out": out}, inputs)
     if out.exists() and not out.is_dir():
         raise LeanifyError("exists and is not a folder.", path=out, fix="Choose a new --out.")
-    started = (out / "work").is_dir()
-    if out.exists() and any(out.iterdir()) and not (resume and started):
-        raise LeanifyError(
-            "exists and is not empty.", path=out,
-            fix="Pass --resume to continue the run in it, or choose a new --out folder."
-            if started else "Choose a new or empty --out folder.")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LeanifyError(f"cannot write to {out} ({exc.strerror or exc}).", path=out,
+                           fix="Make the folder writable, or choose another --out.") from exc
+    lock = RunLock(out).acquire()  # before looking inside: two runs must not both see it free
+    try:
+        started = (out / "work").is_dir()
+        if any(p.name != LOCK_NAME for p in out.iterdir()) and not (resume and started):
+            raise LeanifyError(
+                "exists and is not empty.", path=out,
+                fix="Pass --resume to continue the run in it, or choose a new --out folder."
+                if started else "Choose a new or empty --out folder.")
+    except BaseException:
+        lock.release()
+        if created:
+            out.rmdir()
+        raise
+    return out, lock
 def _calibration(source: Artifact, path: str | os.PathLike | None, size: int, max_length: int):
     """Calibration batches from the user's file: the fidelity task's transform over its first
     `size` rows (texts of any leanify data format, or .npz arrays)."""

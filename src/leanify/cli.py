@@ -120,6 +120,8 @@ def bench(
     _limits(memory_limit_gb)
     if json_path is not None:
         _check_writable(json_path)
+        _check_apart({"--json": json_path}, models,
+                     {"--sample": sample, "--tokenizer": tokenizer})
     if quiet:
         record = run_bench(models, settings)
     else:
@@ -320,6 +322,8 @@ def doctor(
     for path, option in ((json_path, "--json"), (html, "--html")):
         if path is not None:
             check_output(path, option=option)
+    _check_apart({"--json": json_path, "--html": html, "--trace": trace}, [model],
+                 {"--data": data, "--sample": sample, "--tokenizer": tokenizer})
     settings = DoctorSettings(
         data=data, task=task, latency_budget_ms=latency_budget_ms,
         memory_budget_mb=memory_budget_mb, trace=trace, quick=quick, threads=threads,
@@ -370,6 +374,7 @@ def prune(
 
     config = PruneTransformerConfig(layers=layers, ffn_keep=ffn_keep, importance=importance,
                                     round_to=round_to)
+    _check_apart({"--out": out}, [model], {"--calibration-data": calibration_data})
     record = apply_passes(model, [config], out, calibration_data=calibration_data,
                           trust_pickle=trust_pickle, trust_code=trust_code, log=_log(quiet),
                           tool="leanify prune")
@@ -416,6 +421,8 @@ def distill(
     from leanify.passes.prune_transformer import PruneTransformerConfig
 
     files = [f.strip() for f in data.split(",") if f.strip()]
+    inputs = {"--data": files, "--teacher": teacher}
+    _check_apart({"--out": out}, [model], {**inputs, "--calibration-data": calibration_data})
     configs: list = []
     if layers or ffn_keep < 1:
         configs.append(PruneTransformerConfig(layers=layers, ffn_keep=ffn_keep))
@@ -427,8 +434,166 @@ def distill(
     record = apply_passes(model, configs, out,
                           calibration_data=calibration_data or (files[0] if files else None),
                           threads=threads, resume=resume, trust_code=trust_code,
-                          log=_log(quiet), tool="leanify distill")
+                          log=_log(quiet), tool="leanify distill", inputs=inputs)
     _print_shrink(record, out)
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Argument(
+        help="A run folder from `leanify optimize` (serves its selected model), or any text "
+             "model leanify loads.", show_default=False)],
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    max_batch: Annotated[int, typer.Option(help="Inputs per model call, at most.")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(
+        help="How long the oldest queued input waits for others to batch with.")] = 5.0,
+    max_queue: Annotated[int, typer.Option(
+        help="Inputs waiting, at most; beyond it requests get 429 with Retry-After.")] = 256,
+    max_queue_ms: Annotated[float, typer.Option(
+        help="Queued work, in ms at the rate the model sustains, at most (429 beyond): set it "
+             "near your latency budget.")] = 1000.0,
+    timeout_s: Annotated[float, typer.Option(help="Per-request timeout (504).")] = 10.0,
+    max_inputs: Annotated[int, typer.Option(help="Inputs per request, at most.")] = 64,
+    max_body_kb: Annotated[int, typer.Option(help="Request body size, at most.")] = 1024,
+    api_key: Annotated[str | None, typer.Option(
+        envvar="LEANIFY_API_KEY", help="Require 'Authorization: Bearer KEY' (env "
+        "LEANIFY_API_KEY). Needed to bind a non-loopback address.", show_default=False)] = None,
+    no_auth: Annotated[bool, typer.Option(
+        "--no-auth", help="Serve a non-loopback address without a key (your own network "
+                          "guards it).")] = False,
+    threads: Annotated[int | None, typer.Option(
+        help="Intra-op threads (default: what the run measured, else all cores).",
+        show_default=False)] = None,
+    tokenizer: Annotated[Path | None, typer.Option(
+        help="Folder with tokenizer.json, for models that ship without one.",
+        show_default=False)] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle")] = False,
+    ray: Annotated[bool, typer.Option(
+        "--ray", help="Serve from a local Ray cluster (Ray Serve), the same endpoints.")]
+    = False,
+    replicas: Annotated[int, typer.Option(help="With --ray: model replicas.")] = 2,
+    max_replicas: Annotated[int | None, typer.Option(
+        help="With --ray: autoscale up to this many replicas on queue length.",
+        show_default=False)] = None,
+) -> None:
+    """An HTTP server for the model: dynamic batching, a bounded queue, OpenAI-shaped
+    /v1/embeddings (or /v1/classify), /health, /ready and Prometheus /metrics."""
+    from leanify.errors import LeanifyError
+    from leanify.serve.app import LOOPBACK, Limits
+    from leanify.serve.app import serve as run_server
+    from leanify.serve.model import resolve
+
+    if host not in LOOPBACK and not api_key and not no_auth:
+        raise LeanifyError(
+            f"binding {host} puts the model on the network with no API key.",
+            fix="Give --api-key KEY (or LEANIFY_API_KEY), or --no-auth if your own network "
+                "guards it; or bind 127.0.0.1.")
+    for name, value in (("--max-batch", max_batch), ("--max-queue", max_queue),
+                        ("--max-inputs", max_inputs), ("--max-body-kb", max_body_kb)):
+        if value < 1:
+            raise LeanifyError(f"{name} must be at least 1.", fix=f"Give a positive {name}.")
+    if max_wait_ms < 0 or timeout_s <= 0 or max_queue_ms <= 0:
+        raise LeanifyError("--max-wait-ms must be >= 0, --timeout-s and --max-queue-ms > 0.",
+                           fix="Use e.g. --max-wait-ms 5 --timeout-s 10 --max-queue-ms 100.")
+    limits = Limits(max_batch=max_batch, max_wait_ms=max_wait_ms,
+                    max_queue=max(max_queue, max_inputs), max_queue_ms=max_queue_ms,
+                    timeout_s=timeout_s,
+                    max_body_bytes=max_body_kb * 1024, max_inputs=max_inputs)
+    source = resolve(model, tokenizer=str(tokenizer) if tokenizer else None,
+                     trust_pickle=trust_pickle, threads=threads)
+    from leanify.serve.model import ServedModel
+
+    ServedModel.check(source.artifact)  # a bad model is exit 2 before the port is bound
+    if ray:
+        if replicas < 1 or (max_replicas is not None and max_replicas < replicas):
+            raise LeanifyError("--replicas must be at least 1 and --max-replicas at least "
+                               "--replicas.", fix="Use e.g. --replicas 2 --max-replicas 4.")
+        from leanify.serve.ray_serve import serve_ray
+
+        raise typer.Exit(serve_ray(source, limits, host=host, port=port, api_key=api_key,
+                                   replicas=replicas, max_replicas=max_replicas,
+                                   say=lambda msg: err.print(escape(msg))))
+    raise typer.Exit(run_server(source, limits, host=host, port=port, api_key=api_key,
+                                say=lambda msg: err.print(escape(msg))))
+
+
+@app.command()
+def loadtest(
+    url: Annotated[str, typer.Argument(
+        help="The endpoint on this machine, e.g. http://127.0.0.1:8000/v1/embeddings.",
+        show_default=False)],
+    data: Annotated[Path, typer.Option(
+        help="Texts to send, one request each (.txt one per line, or .csv/.jsonl/.parquet "
+             "with a text column).", show_default=False)],
+    rates: Annotated[str, typer.Option(help="Request rates to try, per second, in order.")]
+    = "5,20,50",
+    duration: Annotated[float, typer.Option(help="Seconds per rate.")] = 10.0,
+    p95_budget_ms: Annotated[float | None, typer.Option(
+        help="The p95 a rate must hold (with <1% errors and 429s).", show_default=False)]
+    = None,
+    timeout_s: Annotated[float, typer.Option(help="Per-request timeout.")] = 10.0,
+    text_col: Annotated[str | None, typer.Option(
+        help="Column holding the text (default: 'text', else the first column).",
+        show_default=False)] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="LEANIFY_API_KEY",
+                                                show_default=False)] = None,
+    model: Annotated[str | None, typer.Option(
+        help="The 'model' field of each request (servers of several models need it).",
+        show_default=False)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the arrival times.")] = 0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the record here.",
+                                                   show_default=False)] = None,
+    html_path: Annotated[Path | None, typer.Option("--html", help="Write the page here.",
+                                                   show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Open-loop load (Poisson arrivals) at a ramp of rates: p50/p95/p99, errors and 429s per
+    rate, the server's queue/model split, and the highest rate within a p95 budget."""
+    from leanify.errors import LeanifyError
+    from leanify.serve.loadtest import LoadSettings, run_loadtest
+
+    try:
+        rate_list = tuple(float(r) for r in rates.replace(" ", "").split(",") if r)
+    except ValueError:
+        rate_list = ()
+    if not rate_list:
+        raise LeanifyError(f"--rates {rates!r} is not a list of numbers.",
+                           fix="Use e.g. --rates 5,20,50.")
+    settings = LoadSettings(url=url, rates=rate_list, duration_s=duration, timeout_s=timeout_s,
+                            p95_budget_ms=p95_budget_ms, api_key=api_key, seed=seed,
+                            model=model)
+    settings.check()
+    for path in (json_path, html_path):
+        if path is not None:
+            _check_writable(path)
+    texts = _texts_of(data, text_col)
+    record = run_loadtest(settings, texts, say=_log(quiet))
+    from leanify.measure.bench import write_json, write_text
+
+    if json_path is not None:
+        write_json(record, json_path)
+    if html_path is not None:
+        from leanify.report.loadtest import render_loadtest_html
+
+        write_text(render_loadtest_html(record), html_path)
+    stdout.print(escape(record["verdict"]))
+
+
+def _texts_of(data: Path, column: str | None) -> list[str]:
+    from leanify.errors import LeanifyError
+    from leanify.measure.data import read_rows
+
+    path, columns, rows = read_rows(data, plain_text=True)
+    name = column or ("text" if "text" in columns else columns[0])
+    if name not in columns:
+        raise LeanifyError(f"has no column '{name}' (columns: {', '.join(columns)}).",
+                           path=path, fix="Name the text column with --text-col.")
+    texts = [str(r[name]) for _, r in rows if r.get(name) not in (None, "")]
+    if not texts:
+        raise LeanifyError(f"column '{name}' holds no text.", path=path,
+                           fix="Point --text-col at the column with the sentences.")
+    return texts
 
 
 def _log(quiet: bool) -> Callable[[str], None]:
@@ -461,6 +626,13 @@ def _progress() -> Iterator[Callable[[int, int, str], None]]:
         yield tick
 
 
+def _check_apart(outputs: dict[str, Path | None], models: list[str], inputs: dict) -> None:
+    """No output of the command may land on, in, or around one of its inputs."""
+    from leanify.paths import check_apart, model_paths
+
+    check_apart(outputs, {"model": [p for m in models for p in model_paths(m)], **inputs})
+
+
 def _check_writable(path: Path) -> None:
     from leanify.errors import LeanifyError
 
@@ -485,22 +657,60 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        code = app(args=args, prog_name="leanify", standalone_mode=False)
-    except KeyboardInterrupt:
-        _interrupted()
-    except Exception as exc:
-        _fail(exc)
+    with _watch_sigint() as interrupted:
+        try:
+            code = app(args=args, prog_name="leanify", standalone_mode=False)
+        except KeyboardInterrupt:
+            _interrupted(args)
+        except Exception as exc:
+            _fail(exc, args)
+    # typer turns a KeyboardInterrupt into a plain exit code 130: tell it apart by the signal
+    if interrupted and code == 130:
+        _interrupted(args)
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _interrupted() -> None:
-    err.print("[yellow]Interrupted.[/] No half-written file was left; an optimize run keeps "
-              "its finished trials and continues with --resume.")
+@contextlib.contextmanager
+def _watch_sigint() -> Iterator[list[bool]]:
+    """Ctrl-C still raises KeyboardInterrupt (training saves a checkpoint on it); the list
+    records that it came, since typer swallows the exception."""
+    import signal
+
+    seen: list[bool] = []
+
+    def on_sigint(signum: int, frame: object) -> None:
+        seen.append(True)
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread: leave the handler alone
+        previous = None
+    try:
+        yield seen
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+RESUMABLE = ("optimize", "distill")  # commands with a run folder that --resume continues
+
+
+def _interrupted(args: list[str] | None = None) -> None:
+    import shlex
+
+    args = list(args or [])
+    command = next((a for a in args if not a.startswith("-")), None)
+    if command in RESUMABLE:
+        again = shlex.join(["leanify", *args, *([] if "--resume" in args else ["--resume"])])
+        err.print(f"[yellow]Interrupted;[/] resume with `{escape(again)}` (finished work is "
+                  "kept).", highlight=False, soft_wrap=True)
+    else:
+        err.print("[yellow]Interrupted.[/] No half-written file was left.", highlight=False)
     sys.exit(130)
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception, args: list[str] | None = None) -> None:
     from leanify.errors import LeanifyError
 
     # typer ships its own copy of click: recognise its exceptions by shape, not by class.
@@ -508,12 +718,13 @@ def _fail(exc: Exception) -> None:
     if kind == "Exit":
         sys.exit(getattr(exc, "exit_code", 0))
     if kind == "Abort":
-        _interrupted()
+        _interrupted(args)
     if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # usage errors: exit 2
         exc.show()
         sys.exit(exc.exit_code)
     if DEBUG:
         err.print_exception(show_locals=False)
+    exc = _environment_error(exc) or exc
     if isinstance(exc, LeanifyError):
         err.print(f"[bold red]error:[/] {escape(exc.render())}", highlight=False,
                   soft_wrap=True)
@@ -527,6 +738,29 @@ def _fail(exc: Exception) -> None:
         highlight=False, soft_wrap=True,
     )
     sys.exit(1)
+
+
+def _environment_error(exc: Exception) -> Exception | None:
+    """A full disk or a folder leanify may not write to is the user's to fix (exit 2), not
+    a bug: say which file, and what to do."""
+    import errno
+
+    from leanify.errors import LeanifyError
+
+    if not isinstance(exc, OSError) or exc.errno is None:
+        return None
+    where = exc.filename
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return LeanifyError("the disk is full.", path=where,
+                            fix="Free some space, then run the command again (optimize and "
+                                "distill continue with --resume).")
+    if exc.errno == errno.EROFS and where:
+        return LeanifyError(f"cannot write to {where} (a read-only file system).", path=where,
+                            fix="Choose an output path on a writable disk.")
+    if exc.errno in (errno.EACCES, errno.EPERM) and where:
+        return LeanifyError(f"permission denied for {where}.", path=where,
+                            fix="Check its permissions, or choose another path.")
+    return None
 
 
 def _save_traceback(exc: BaseException) -> str | None:

@@ -69,6 +69,9 @@ def test_check_settings_names_what_a_runtime_takes():
                                            "onnxruntime"):
         runtimes.check_settings(runtimes.get("onnxruntime"), {"num_streams": 2})
     with pytest.raises(LeanifyError, match="takes no runtime settings"):
-        runtimes.check_settings(runtimes.get("torchscript"), {"num_streams": 2})
+        runtimes.check_settings(runtimes.get("torch-eager"), {"num_streams": 2})
+    with pytest.raises(LeanifyError, match="num_threads=0 is invalid"):
+        runtimes.check_settings(runtimes.get("torchscript"), {"num_threads": 0})
+    runtimes.check_settings(runtimes.get("torchscript"), {"num_threads": 1})
     with pytest.raises(LeanifyError, match="no runtime named 'tvm'"):
         runtimes.get("tvm")

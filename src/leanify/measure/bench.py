@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from typing import Any
 from leanify import sandbox
 from leanify.errors import LeanifyError, first_line
 from leanify.measure import memory, stats, workload
+from leanify.measure.lifeline import PARENT_ENV
 from leanify.measure.machine import cpu_busy_fraction, machine_info, usable_cores
 from leanify.models.artifact import Artifact
 from leanify.models.load import load
@@ -75,8 +77,16 @@ class _Model:
     shapes: dict[tuple[int, int], dict[str, list[int]]] = field(default_factory=dict)
 
 
+class WorkerDied(RuntimeError):
+    """A measuring process ended without answering (killed, out of memory, crashed)."""
+
+
 class _Child:
-    """One measuring process, spoken to in JSON lines."""
+    """One measuring process, spoken to in JSON lines.
+
+    It runs in its own process group, so a Ctrl-C reaches only leanify, which then kills it
+    (and anything it started); it kills itself if leanify dies (see worker.die_with_parent).
+    """
 
     def __init__(self, env: dict[str, str], label: str):
         self.label = label
@@ -84,7 +94,8 @@ class _Child:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "leanify.measure.worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
-            env=env, text=True, bufsize=1,
+            env={**env, PARENT_ENV: str(os.getpid())}, text=True, bufsize=1,
+            process_group=0,
         )
 
     def ask(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -97,7 +108,7 @@ class _Child:
             line = ""
         if not line:
             self.proc.wait(timeout=30)
-            raise RuntimeError(
+            raise WorkerDied(
                 f"the measuring process for {self.label} died (exit code "
                 f"{self.proc.returncode}); its last output:\n{self.stderr_tail()}"
             )
@@ -124,9 +135,16 @@ class _Child:
                 self.proc.stdin.flush()
                 self.proc.wait(timeout=10)
             except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
+                self.kill()
         self.log.close()
+
+    def kill(self) -> None:
+        """Stop it now (Ctrl-C, an error elsewhere): its group, so its own children too."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
 
 
 def child_env(threads: int) -> dict[str, str]:
@@ -197,12 +215,12 @@ class BenchSession:
         try:
             self.open()
         except BaseException:
-            self.close()
+            self.close(kill=True)
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *_exc: object) -> None:
+        self.close(kill=exc_type is not None)
 
     def open(self) -> None:
         settings = self.settings
@@ -277,9 +295,13 @@ class BenchSession:
         return _record(self.entries, self.points, settings, self.threads, machine,
                        self.bare_mb, self.started, datetime.now(UTC))
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
+        """Let the measuring processes quit; `kill`: stop them at once (an interruption or
+        an error must not wait for a measurement to end)."""
         for child in self.children:
             try:
+                if kill and hasattr(child, "kill"):
+                    child.kill()
                 child.close()
             except Exception:  # a dead process must not hide the error that killed it
                 pass
@@ -462,6 +484,21 @@ def write_json(record: dict[str, Any], path: str | os.PathLike) -> Path:
         with os.fdopen(fd, "w") as fh:
             json.dump(record, fh, indent=2)
             fh.write("\n")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write a report atomically, like write_json."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -12,8 +12,6 @@ fields; read without quote handling, since its sentences hold bare `"` character
 from __future__ import annotations
 
 import csv
-import io
-import json
 import math
 import re
 from collections.abc import Iterator, Sequence
@@ -24,6 +22,15 @@ from typing import Any
 import numpy as np
 
 from leanify.errors import LeanifyError
+from leanify.models.files import (
+    MAX_FIELD_CHARS,
+    MAX_NUMBER_CHARS,
+    csv_error,
+    csv_field_limit,
+    decode_text,
+    loads_json,
+    shorten,
+)
 from leanify.models.inputs import load_tokenizer
 
 TEXT_COLUMNS = ("sentence", "text", "content", "review", "document", "query")
@@ -43,6 +50,11 @@ _STS_NAME = re.compile(r"^sts-.*\.csv$", re.IGNORECASE)
 
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".txt")
 _MAX_LISTED = 10
+# What one data file may make leanify hold: a file past these is not evaluation data a CPU
+# scores in reasonable time, and its rows (Python objects, ~100 bytes a value) would take
+# gigabytes. IMDB's 50k reviews are 66 MiB and 100k values.
+MAX_DATA_BYTES = 128 << 20
+MAX_VALUES = 2_000_000  # rows x columns
 
 
 @dataclass
@@ -166,7 +178,7 @@ def _read_rows(path: Path, plain_text: bool) -> tuple[list[str], list[Row]]:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return _read_parquet(path)
-    text = _decode(path)
+    text = decode_text(path, MAX_DATA_BYTES)
     if not text.strip():
         raise LeanifyError("dataset file is empty (only whitespace).", path=path,
                            fix="Give a file with at least one row of data.")
@@ -183,10 +195,12 @@ def _read_rows(path: Path, plain_text: bool) -> tuple[list[str], list[Row]]:
                 "a plain .txt file holds texts only; this task needs columns.",
                 path=path, fix="Give a CSV, TSV, JSONL or Parquet file with a header.",
             )
-        return ["text"], [
-            (n, {"text": line.rstrip("\r")})
-            for n, line in enumerate(text.split("\n"), 1) if line.strip()
-        ]
+        rows: list[Row] = []
+        for n, line in enumerate(_split_lines(text), 1):
+            if line.strip():
+                _count_values(path, len(rows) + 1, n)
+                rows.append((n, {"text": line.rstrip("\r")}))
+        return ["text"], rows
     if suffix in (".csv", ".tsv"):
         return _read_delimited(path, text, "\t" if suffix == ".tsv" else ",")
     raise LeanifyError(
@@ -195,26 +209,45 @@ def _read_rows(path: Path, plain_text: bool) -> tuple[list[str], list[Row]]:
     )
 
 
-def _decode(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
+def _count_values(path: Path, total: int, line: int) -> None:
+    if total > MAX_VALUES:
         raise LeanifyError(
-            f"is not UTF-8 text (undecodable byte 0x{data[exc.start]:02x} on line {line}).",
-            path=path, fix="Re-save the file as UTF-8.",
-        ) from exc
+            f"holds more than {MAX_VALUES:,} values (rows x columns) by line {line}; leanify "
+            "reads evaluation files up to that size.", path=path,
+            fix="Give a sample of the rows (a few thousand rows give a stable score).")
+
+
+def _split_lines(text: str) -> Iterator[str]:
+    """text.split("\\n"), one line at a time (a list of 40 million short lines would take
+    gigabytes)."""
+    start = 0
+    while start <= len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        yield text[start:end]
+        start = end + 1
+
+
+def _lines(text: str) -> Iterator[str]:
+    """The lines of `text`, each with its ending (\\n, \\r\\n or \\r), as the csv module
+    wants them; unlike io.StringIO, which copies the text 4 bytes a character."""
+    for match in _LINE.finditer(text):
+        yield match.group()
+
+
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
 
 
 def _first_line(text: str) -> str:
-    for line in text.split("\n"):
+    for line in _split_lines(text):
         if line.strip():
             return line.rstrip("\r")
     return ""
 
 
 def _is_float(value: str) -> bool:
+    if len(value) > MAX_NUMBER_CHARS:
+        return False
     try:
         float(value)
     except ValueError:
@@ -237,7 +270,8 @@ def _is_sts(path: Path, text: str) -> bool:
 def _read_sts(path: Path, text: str) -> tuple[list[str], list[Row]]:
     rows: list[Row] = []
     width = len(STS_COLUMNS)
-    for n, raw in enumerate(text.split("\n"), 1):
+    total = 0
+    for n, raw in enumerate(_split_lines(text), 1):
         line = raw.rstrip("\r")
         if not line.strip():
             continue
@@ -252,6 +286,8 @@ def _read_sts(path: Path, text: str) -> tuple[list[str], list[Row]]:
             STS_EXTRA[i] if i < len(STS_EXTRA) else f"extra_{i + 1}"
             for i in range(len(fields) - width)
         ]
+        total += len(fields)
+        _count_values(path, total, n)
         rows.append((n, dict(zip(names, fields, strict=True))))
     return list(STS_COLUMNS), rows
 
@@ -259,49 +295,53 @@ def _read_sts(path: Path, text: str) -> tuple[list[str], list[Row]]:
 def _read_delimited(path: Path, text: str, delimiter: str) -> tuple[list[str], list[Row]]:
     # TSV files (GLUE and the like) do not quote; CSV files may.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    reader = csv.reader(_lines(text), delimiter=delimiter, quoting=quoting)
     header: list[str] | None = None
     rows: list[Row] = []
+    start, total = 1, 0  # the line the record being read starts on (quoted fields span lines)
     try:
-        for fields in reader:
-            if not any(f.strip() for f in fields):
-                continue
-            if header is None:
-                header = [f.strip() for f in fields]
-                header_line = reader.line_num
-                continue
-            if len(fields) != len(header):
-                sep = "tab" if delimiter == "\t" else "comma"
-                raise LeanifyError(
-                    f"line {reader.line_num} has {len(fields)} {sep}-separated fields; the "
-                    f"header (line {header_line}) has {len(header)}.",
-                    path=path,
-                    fix="Repair that line (a text holding the separator must be quoted in "
-                    "CSV; TSV texts cannot hold tabs).",
-                )
-            rows.append((reader.line_num, dict(zip(header, fields, strict=True))))
+        with csv_field_limit():
+            for fields in reader:
+                if not any(f.strip() for f in fields):
+                    start = reader.line_num + 1
+                    continue
+                if header is None:
+                    header = [f.strip() for f in fields]
+                    header_line = reader.line_num
+                elif len(fields) != len(header):
+                    sep = "tab" if delimiter == "\t" else "comma"
+                    raise LeanifyError(
+                        f"line {reader.line_num} has {len(fields)} {sep}-separated fields; the "
+                        f"header (line {header_line}) has {len(header)}.",
+                        path=path,
+                        fix="Repair that line (a text holding the separator must be quoted in "
+                        "CSV; TSV texts cannot hold tabs).",
+                    )
+                else:
+                    rows.append((reader.line_num, dict(zip(header, fields, strict=True))))
+                total += len(fields)
+                _count_values(path, total, reader.line_num)
+                start = reader.line_num + 1
     except csv.Error as exc:
-        raise LeanifyError(f"is not a readable CSV/TSV file (line {reader.line_num}: {exc}).",
-                           path=path, fix="Repair the file's quoting.") from exc
+        raise csv_error(path, exc, start) from exc
     return header or [], rows
 
 
 def _read_jsonl(path: Path, text: str) -> tuple[list[str], list[Row]]:
     rows: list[Row] = []
     columns: dict[str, None] = {}
-    for n, line in enumerate(text.split("\n"), 1):
+    total = 0
+    for n, line in enumerate(_split_lines(text), 1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LeanifyError(f"line {n} is not valid JSON ({exc.msg}).", path=path,
-                               fix="Give one JSON object per line.") from exc
+        obj = loads_json(line, path, f"line {n}", fix="Give one JSON object per line.")
         if not isinstance(obj, dict):
             raise LeanifyError(
                 f"line {n} holds a JSON {type(obj).__name__}, not an object.", path=path,
                 fix='Give one JSON object per line, e.g. {"sentence": "...", "label": 1}.',
             )
+        total += max(1, len(obj))
+        _count_values(path, total, n)
         columns.update(dict.fromkeys(obj))
         rows.append((n, obj))
     return list(columns), rows
@@ -315,8 +355,23 @@ def _read_parquet(path: Path) -> tuple[list[str], list[Row]]:
             "reading Parquet files needs the Python package 'pyarrow', which is not installed.",
             path=path, fix="Install it with: pip install pyarrow (or give CSV, TSV or JSONL).",
         ) from exc
+    sample = "Give a sample of the rows (a few thousand rows give a stable score)."
+    if path.stat().st_size > MAX_DATA_BYTES:
+        raise LeanifyError(f"is {path.stat().st_size / 2**20:.0f} MiB; leanify reads data "
+                           f"files up to {MAX_DATA_BYTES >> 20} MiB.", path=path, fix=sample)
     try:
+        # Sizes from the footer first: a small file can unpack to gigabytes.
+        meta = pq.ParquetFile(path).metadata
+        unpacked = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        values = meta.num_rows * max(1, meta.num_columns)
+        if values > MAX_VALUES or unpacked > MAX_DATA_BYTES:
+            raise LeanifyError(
+                f"holds {meta.num_rows:,} rows x {meta.num_columns} columns, "
+                f"{unpacked / 2**20:.0f} MiB unpacked; leanify reads up to {MAX_VALUES:,} values "
+                f"and {MAX_DATA_BYTES >> 20} MiB.", path=path, fix=sample)
         table = pq.read_table(path)
+    except LeanifyError:
+        raise
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...
         raise LeanifyError(f"is not a readable Parquet file ({exc}).", path=path,
                            fix="Re-write the file, or give CSV, TSV or JSONL.") from exc
@@ -381,7 +436,21 @@ def row_text(path: Path, n: int, row: dict, col: str) -> str:
     if not value.strip():
         raise LeanifyError(f"{_where(path, n)} has an empty '{col}'.", path=path,
                            fix="Fill in the text or drop that row.")
+    if len(value) > MAX_FIELD_CHARS:  # the CSV reader's limit, for every format
+        raise LeanifyError(
+            f"{_where(path, n)}: '{col}' holds {len(value):,} characters; leanify reads texts "
+            f"up to {MAX_FIELD_CHARS:,}.", path=path,
+            fix="Shorten that text (models read at most a few thousand tokens).")
+    _refuse_nul(path, n, col, value)
     return value
+
+
+def _refuse_nul(path: Path, n: int, col: str, value: str) -> None:
+    # JSONL writes it as \\u0000 and Parquet stores it as is; tokenizers and C libraries
+    # would cut the text there.
+    if "\x00" in value:
+        raise LeanifyError(f"{_where(path, n)}: '{col}' holds a NUL character (\\x00).",
+                           path=path, fix="Remove the NUL characters from the data.")
 
 
 def row_score(path: Path, n: int, row: dict, col: str) -> float:
@@ -389,17 +458,21 @@ def row_score(path: Path, n: int, row: dict, col: str) -> float:
         raise LeanifyError(f"{_where(path, n)} has no '{col}' field.", path=path,
                            fix=f"Give every row a numeric '{col}'.")
     value = row[col]
+    fix = "Give every row a numeric gold score (e.g. 0 to 5 for STS-B)."
+    if isinstance(value, str) and len(value.strip()) > MAX_NUMBER_CHARS:
+        raise LeanifyError(
+            f"{_where(path, n)}: score {shorten(value)} in column '{col}' is not a number "
+            f"leanify reads (over {MAX_NUMBER_CHARS} characters).", path=path, fix=fix)
     try:
         if isinstance(value, bool):
             raise ValueError
         score = float(value.strip() if isinstance(value, str) else value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int past float range
         score = math.nan
     if not math.isfinite(score):
         raise LeanifyError(
-            f"{_where(path, n)}: score {value!r} in column '{col}' is not a finite number.",
-            path=path, fix="Give every row a numeric gold score (e.g. 0 to 5 for STS-B).",
-        )
+            f"{_where(path, n)}: score {shorten(value)} in column '{col}' is not a finite "
+            "number.", path=path, fix=fix)
     return score
 
 
@@ -419,6 +492,7 @@ def row_label(path: Path, n: int, row: dict, col: str) -> str:
     if not text:
         raise LeanifyError(f"{_where(path, n)} has an empty label in column '{col}'.",
                            path=path, fix="Give every row a label, or drop the row.")
+    _refuse_nul(path, n, col, text)
     return text
 
 
@@ -482,7 +556,7 @@ def check_labels(dataset: Dataset, model_labels: dict[str, str] | None) -> dict[
         else:
             unknown.append(label)
     if unknown:
-        shown = ", ".join(map(repr, unknown[:_MAX_LISTED]))
+        shown = ", ".join(map(shorten, unknown[:_MAX_LISTED]))
         more = f" (and {len(unknown) - _MAX_LISTED} more)" if len(unknown) > _MAX_LISTED else ""
         if model_labels:
             known = ", ".join(f"{k}={v!r}" for k, v in sorted(model_labels.items(),

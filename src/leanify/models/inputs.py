@@ -6,7 +6,9 @@ Arrays are numpy so that every runner gets the same batch; each runner converts 
 from __future__ import annotations
 
 import csv
-import json
+import io
+import math
+import zipfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import numpy as np
 
 from leanify.errors import LeanifyError
 from leanify.models.artifact import Artifact, TensorSpec
+from leanify.models.files import csv_error, csv_field_limit, decode_text, loads_json
 
 TEXT_SUFFIXES = {".txt", ".jsonl", ".csv", ".tsv"}
 SAMPLE_SUFFIXES = TEXT_SUFFIXES | {".npz"}
@@ -157,8 +160,8 @@ def load_tokenizer(folder: str | Path) -> tuple[Any, str, int]:
     cfg_file = folder / "tokenizer_config.json"
     if cfg_file.is_file():
         try:
-            pad = json.loads(cfg_file.read_text(encoding="utf-8")).get("pad_token")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            pad = loads_json(cfg_file.read_bytes(), cfg_file).get("pad_token")
+        except (LeanifyError, AttributeError):  # no usable pad token: the default one
             pad = None
         if isinstance(pad, dict):
             pad = pad.get("content")
@@ -180,30 +183,33 @@ def bundled_texts() -> list[str]:
     return _BUNDLED
 
 
+MAX_SAMPLE_BYTES = 64 << 20  # a sample of texts, not a dataset
+
+
 def read_texts(path: Path, column: str | None = None) -> list[str]:
     """Texts from .txt (a line each), .jsonl (a field) or .csv/.tsv (a column)."""
     suffix = path.suffix.lower()
+    text = decode_text(path, MAX_SAMPLE_BYTES)  # UTF-8, no NUL bytes
     texts: list[str] = []
-    try:
-        if suffix == ".txt":
-            texts = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-        elif suffix == ".jsonl":
-            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise LeanifyError(f"line {n} is not valid JSON ({exc}).", path=path,
-                                       fix="Give one JSON object per line.") from exc
-                texts.append(_pick_text(row, column, path, n))
-        else:
-            delimiter = "\t" if suffix == ".tsv" else ","
-            with open(path, newline="", encoding="utf-8") as fh:
-                for n, row in enumerate(csv.DictReader(fh, delimiter=delimiter), 2):
+    if suffix == ".txt":
+        texts = [ln.strip() for ln in text.splitlines()]
+    elif suffix == ".jsonl":
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            row = loads_json(line, path, f"line {n}", fix="Give one JSON object per line.")
+            texts.append(_pick_text(row, column, path, n))
+    else:
+        delimiter = "\t" if suffix == ".tsv" else ","
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+        line = 1
+        try:
+            with csv_field_limit():
+                for n, row in enumerate(reader, 2):
                     texts.append(_pick_text(row, column, path, n))
-    except UnicodeDecodeError as exc:
-        raise LeanifyError("is not UTF-8 text.", path=path, fix="Save it as UTF-8.") from exc
+                    line = reader.line_num + 1
+        except csv.Error as exc:
+            raise csv_error(path, exc, line) from exc
     texts = [t for t in texts if t]
     if not texts:
         raise LeanifyError("holds no texts.", path=path, fix="Give at least one non-empty text.")
@@ -226,14 +232,77 @@ def _pick_text(row: dict, column: str | None, path: Path, line: int) -> str:
     return str(value).strip() if value is not None else ""
 
 
+MAX_NPZ_BYTES = 1 << 30  # the arrays of one .npz file, unpacked
+MAX_NPZ_ARRAYS = 1000
+
+
 def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of an .npz file; never unpickles (object arrays are refused)."""
+    """The arrays of an .npz file; never unpickles (object arrays are refused).
+
+    Every member's header (dtype, shape) is read and checked before any data: a header may
+    promise terabytes, and a zip member may unpack to far more than the file's size."""
+    fix = "Save it with numpy.savez and plain numeric arrays."
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: np.asarray(data[k]) for k in data.files}
-    except (ValueError, OSError, EOFError) as exc:
+        if not zipfile.is_zipfile(path):
+            raise LeanifyError("is not a readable .npz file (not a zip archive, which "
+                               "numpy.savez writes).",
+                               path=path, fix=fix)
+        with zipfile.ZipFile(path) as zf:
+            members = zf.infolist()
+            if len(members) > MAX_NPZ_ARRAYS:
+                raise LeanifyError(f"holds {len(members)} entries; leanify reads at most "
+                                   f"{MAX_NPZ_ARRAYS} arrays from a sample.", path=path, fix=fix)
+            total = 0
+            for info in members:
+                total += _npz_member_bytes(zf, info, path, fix)
+                if total > MAX_NPZ_BYTES:
+                    raise LeanifyError(
+                        f"holds more than {MAX_NPZ_BYTES >> 20} MiB of arrays; leanify reads "
+                        "samples up to that size.", path=path,
+                        fix="Give a smaller sample (a few batches of inputs).")
+            out = {}
+            for info in members:
+                with zf.open(info) as fh:
+                    out[info.filename.removesuffix(".npy")] = np.lib.format.read_array(
+                        fh, allow_pickle=False)
+            return out
+    except LeanifyError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError,
+            RuntimeError) as exc:  # RuntimeError: an encrypted member
         raise LeanifyError(f"is not a readable .npz array file ({exc}).", path=path,
-                           fix="Save it with numpy.savez and plain numeric arrays.") from exc
+                           fix=fix) from exc
+
+
+def _npz_member_bytes(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, fix: str) -> int:
+    """The bytes an .npz member's array takes, from its .npy header alone."""
+    name = info.filename
+    if not name.endswith(".npy") or info.is_dir():
+        raise LeanifyError(f"holds '{name}', which is not a numpy array (.npy).", path=path,
+                           fix=fix)
+    with zf.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        header_end = fh.tell()
+    if dtype.hasobject:
+        raise LeanifyError(
+            f"array '{name.removesuffix('.npy')}' holds Python objects, which load only by "
+            "unpickling; leanify never unpickles.", path=path, fix=fix)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > MAX_NPZ_BYTES:
+        raise LeanifyError(
+            f"array '{name.removesuffix('.npy')}' has shape {list(shape)} ({dtype}), "
+            f"{nbytes / 2**20:.0f} MiB; leanify reads samples up to {MAX_NPZ_BYTES >> 20} MiB.",
+            path=path, fix="Give a smaller sample (a few batches of inputs).")
+    if info.file_size < header_end + nbytes:
+        raise LeanifyError(
+            f"array '{name.removesuffix('.npy')}' is truncated: its header promises "
+            f"{nbytes} bytes of data, the entry holds {info.file_size - header_end}.",
+            path=path, fix=fix)
+    return nbytes
 
 
 def check_arrays(arrays: dict[str, np.ndarray], artifact: Artifact, path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,10 @@ from leanify.models.files import (
     SIDECAR,
     TOKENIZER_FILES,
     int_range,
+    loads_json,
     read_json,
     read_sidecar,
+    shorten,
     tokenizer_beside,
 )
 from leanify.models.safety import (
@@ -93,11 +96,18 @@ def _check_runtime_entry(artifact: Artifact) -> None:
     from leanify.runtimes import check_settings, for_artifact
 
     settings = artifact.meta.get("runtime") or {}
-    where = artifact.path.parent / SIDECAR if artifact.path else None
+    folder = artifact.path if artifact.path and artifact.path.is_dir() else \
+        artifact.path.parent if artifact.path else None
+    where = folder / SIDECAR if folder else None
     if not isinstance(settings, dict):
         raise LeanifyError("the sidecar's 'runtime' entry should be an object.", path=where,
                            fix="Repair the file.")
-    runtime = for_artifact(artifact)  # settings of other runtimes (carried along) are ignored
+    try:
+        runtime = for_artifact(artifact)  # settings of other runtimes (carried along) are ignored
+    except LeanifyError as exc:
+        if exc.path is None:  # e.g. 'run_with' names no runtime: the sidecar is at fault
+            raise LeanifyError(exc.message, path=where, fix=exc.fix) from exc
+        raise
     check_settings(runtime, {k: v for k, v in settings.items()
                              if k in runtime.settings and v is not None}, where)
 
@@ -185,6 +195,7 @@ def _load_folder(path: Path, name: str, trust_pickle: bool) -> Artifact:
             fix=f"leanify loads {SUPPORTED}.",
         )
     config = read_json(config_file)
+    _check_config_types(config, config_file)
     if config.get("auto_map"):
         raise LeanifyError(
             "needs custom Python code from the model folder (config.json has 'auto_map'); "
@@ -316,15 +327,45 @@ def _hf_task(config: Mapping[str, Any]) -> str:
     return "feature-extraction"
 
 
+CONFIG_INTS = ("vocab_size", "type_vocab_size", "max_position_embeddings", "num_hidden_layers")
+
+
+def _check_config_types(config: Mapping[str, Any], file: Path) -> None:
+    """The config.json entries leanify reads have the types transformers writes (a wrong
+    type is a damaged or hand-edited file, and would surface later as a crash)."""
+    def bad(key: str, want: str) -> LeanifyError:
+        return LeanifyError(f"'{key}' is {shorten(config[key])}; it should be {want}.",
+                            path=file, fix="Repair the file, or re-save the model with "
+                            "save_pretrained.")
+
+    for key in CONFIG_INTS:
+        value = config.get(key)
+        least = 1 if key in ("vocab_size", "max_position_embeddings") else 0
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or value < least):
+            raise bad(key, "a positive integer" if least else "a non-negative integer")
+    for key in ("model_type",):
+        if config.get(key) is not None and not isinstance(config[key], str):
+            raise bad(key, "a string")
+    archs = config.get("architectures")
+    if archs is not None and (not isinstance(archs, list)
+                              or not all(isinstance(a, str) for a in archs)):
+        raise bad("architectures", "a list of class names")
+    labels = config.get("id2label")
+    if labels is not None and (not isinstance(labels, dict)
+                               or not all(isinstance(v, str) for v in labels.values())):
+        raise bad("id2label", "an object mapping class ids to label names")
+
+
 def _sentence_transformers_pooling(path: Path) -> dict[str, Any] | None:
     modules_file = path / "modules.json"
     if not modules_file.exists():
         return None
-    try:
-        modules = json.loads(modules_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise LeanifyError(f"is not valid JSON ({exc}).", path=modules_file) from exc
-    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+    modules = loads_json(modules_file.read_bytes(), modules_file)
+    if not isinstance(modules, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("type", ""), str)
+        and isinstance(m.get("path", ""), str) for m in modules
+    ):
         raise LeanifyError("should hold a list of module objects.", path=modules_file,
                            fix="Repair the file or re-save the model with sentence-transformers.")
     info: dict[str, Any] = {"pooling": "mean", "normalize": False}
@@ -373,30 +414,7 @@ def _load_onnx(path: Path, name: str) -> Artifact:
         params += _numel(tensor.dims)
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
-        entries = {e.key: e.value for e in tensor.external_data}
-        location = entries.get("location", "")
-        target = (root / location).resolve()
-        if os.path.isabs(location) or not target.is_relative_to(root):
-            raise LeanifyError(
-                f"points tensor '{tensor.name}' at external data '{location}', outside the "
-                "model's folder; leanify refuses paths that escape it.",
-                path=path,
-                fix="Keep the .onnx file and its external data file in the same folder.",
-            )
-        if not target.is_file():
-            raise LeanifyError(
-                f"needs its external data file '{location}', which is missing.",
-                path=path,
-                fix="Copy the data file next to the .onnx file.",
-            )
-        end = int(entries.get("offset", 0)) + int(entries.get("length", 0))
-        if target.stat().st_size < end:
-            raise LeanifyError(
-                f"external data file '{location}' is truncated ({target.stat().st_size} bytes, "
-                f"tensor '{tensor.name}' needs {end}).",
-                path=target,
-                fix=fix,
-            )
+        target = _external_file(onnx, tensor, root, path, fix)
         if str(target) not in external:
             external.append(str(target))
 
@@ -431,6 +449,79 @@ def _load_onnx(path: Path, name: str) -> Artifact:
     meta.update(tokenizer_beside(path))
     meta = {**read_sidecar(path), **meta}
     return Artifact("onnx", path, name, tuple(inputs), meta)
+
+
+EXTERNAL_KEYS = ("location", "offset", "length", "checksum")  # what the ONNX spec defines
+_DECIMAL = re.compile(r"[0-9]{1,20}")
+_BITS = {"STRING": 0, "UNDEFINED": 0, "UINT4": 4, "INT4": 4, "FLOAT4E2M1": 4, "UINT2": 2,
+         "INT2": 2, "FLOAT6E2M3": 6, "FLOAT6E3M2": 6}
+
+
+def _external_file(onnx, tensor, root: Path, path: Path, fix: str) -> Path:
+    """The file that holds a tensor's external data, after checking its entries the way no
+    later reader has to: a relative `location` inside the model's folder, `offset` and
+    `length` decimal byte counts whose span lies in that file and matches the tensor."""
+    name = shorten(tensor.name)
+    entries: dict[str, str] = {}
+    for entry in tensor.external_data:
+        if entry.key not in EXTERNAL_KEYS or entry.key in entries:
+            what = "repeats" if entry.key in entries else "has an unknown"
+            raise LeanifyError(
+                f"tensor {name} {what} external-data entry {shorten(entry.key)} (the ONNX "
+                f"format defines {', '.join(EXTERNAL_KEYS)}, once each).", path=path, fix=fix)
+        entries[entry.key] = entry.value
+    location = entries.get("location", "")
+    if not location or "\x00" in location:
+        raise LeanifyError(f"tensor {name} keeps its data outside the file but names no "
+                           "usable external data file ('location').", path=path, fix=fix)
+    target = (root / location).resolve()
+    if os.path.isabs(location) or not target.is_relative_to(root):
+        raise LeanifyError(
+            f"points tensor {name} at external data {shorten(location)}, outside the "
+            "model's folder; leanify refuses paths that escape it.",
+            path=path,
+            fix="Keep the .onnx file and its external data file in the same folder.",
+        )
+    if not (root / location).is_file():  # as the OS opens it ("sub/../w.data" needs sub/)
+        raise LeanifyError(
+            f"needs its external data file {shorten(location)}, which is missing.",
+            path=path,
+            fix="Copy the data file next to the .onnx file.",
+        )
+    numbers = {}
+    for key in ("offset", "length"):
+        if key in entries:
+            if not _DECIMAL.fullmatch(entries[key]):
+                raise LeanifyError(
+                    f"tensor {name} has external-data {key} {shorten(entries[key])}, not a "
+                    "byte count (a non-negative decimal integer).", path=path, fix=fix)
+            numbers[key] = int(entries[key])
+    file_size = target.stat().st_size
+    offset = numbers.get("offset", 0)
+    length = numbers.get("length", file_size - offset)
+    if offset + length > file_size:
+        raise LeanifyError(
+            f"external data file {shorten(location)} is truncated ({file_size} bytes, "
+            f"tensor {name} needs {offset + length}).",
+            path=target,
+            fix=fix,
+        )
+    type_name = onnx.TensorProto.DataType.Name(tensor.data_type) \
+        if tensor.data_type in onnx.TensorProto.DataType.values() else "UNDEFINED"
+    bits = _BITS.get(type_name)
+    if bits is None:
+        bits = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize * 8
+    if bits == 0:
+        raise LeanifyError(f"tensor {name} of type {type_name} cannot keep its data in an "
+                           "external file.", path=path, fix=fix)
+    if all(d >= 0 for d in tensor.dims):
+        needed = -(-_numel(tensor.dims) * bits // 8)
+        if length != needed:
+            raise LeanifyError(
+                f"tensor {name} ({type_name}, shape {list(tensor.dims)}) needs {needed} bytes, "
+                f"but its external data holds {length} (offset {offset} in "
+                f"{shorten(location)}).", path=path, fix=fix)
+    return target
 
 
 def _all_initializers(model):

@@ -8,7 +8,8 @@ Settings (each runtime's schema, leanify.runtimes): OpenVINO `inference_precisio
 bf16, f16), `performance_hint` (LATENCY, THROUGHPUT), `num_streams`, `sequence_multiple` (pad
 text inputs to a multiple of it and compile static shapes), `batch_streams` (split batches
 across streams, single rows on the latency model); ONNX Runtime `intra_op_num_threads`,
-`allow_spinning`, `graph_optimization_level`. Unset fields keep the input's settings.
+`allow_spinning`, `graph_optimization_level`; TorchScript `num_threads`. Unset fields keep
+the input's settings.
 
 The new artifact is checked against its input on a real batch; the precision that actually
 ran is recorded beside the settings.
@@ -42,6 +43,7 @@ class RuntimeSettingsConfig(PassConfig):
     intra_op_num_threads: int | None = None  # onnxruntime
     allow_spinning: bool | None = None  # onnxruntime
     graph_optimization_level: str | None = None  # onnxruntime
+    num_threads: int | None = None  # torchscript
     min_cosine: float = 0.98  # gate: outputs under the new settings vs the input's
 
     def settings(self) -> dict[str, Any]:
@@ -69,7 +71,7 @@ def runtime_settings_pass(artifact: Artifact, config: RuntimeSettingsConfig,
     if not runtime.settings or artifact.path is None:
         raise LeanifyError(
             f"pass '{config.name}' takes models whose runtime has settings (onnxruntime, "
-            f"openvino); {artifact.name} runs on {runtime.name}.", path=artifact.path,
+            f"openvino, torchscript); {artifact.name} runs on {runtime.name}.", path=artifact.path,
             fix="Export the model first ('export-onnx' or 'export-openvino').")
     new = config.settings()
     if not new:

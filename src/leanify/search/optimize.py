@@ -1,13 +1,15 @@
 """`leanify optimize`: baseline -> candidate pipelines -> gate -> measure -> select -> report.
 
 Every trial is written to a SQLite record in the run folder as it finishes; `resume=True`
-reads it back, re-runs nothing that finished (only internal failures are retried) and
-re-judges every cached trial under the current targets. Pass outputs appear atomically, so a
-kill at any moment leaves either a finished artifact or none.
+reads it back, re-runs nothing that finished (only failures whose cause can go away are
+retried: a full disk, a killed child process, an internal error) and re-judges every cached
+trial under the current targets. The run folder is locked while a run lives in it. Pass
+outputs appear atomically, so a kill at any moment leaves either a finished artifact or none.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -31,6 +33,7 @@ from leanify.models.artifact import Artifact
 from leanify.models.load import load
 from leanify.models.safety import own_outputs, trusting_code
 from leanify.passes.registry import PassConfig, PassContext, run_pipeline
+from leanify.runlock import LOCK_NAME, RunLock
 from leanify.search.plan import Candidate, Training, plan
 from leanify.search.select import (
     OBJECTIVES,
@@ -40,7 +43,9 @@ from leanify.search.select import (
     pareto_front,
     select_final,
 )
-from leanify.search.store import TrialStore
+from leanify.search.store import FILES as STORE_FILES
+from leanify.search.store import TrialStore, is_disk_full
+from leanify.search.store import remove as remove_store
 
 SCHEMA_VERSION = 1
 Progress = Callable[[int, int, str], None]
@@ -146,27 +151,39 @@ def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
     """Run the whole search; return the record also written to OUT/leanify.json.
 
     An internal error (not a LeanifyError) escaping the run leaves its traceback in
-    OUT/errors/ and names that file in the exception's `traceback_file`.
+    OUT/errors/ and names that file in the exception's `traceback_file`. The run folder is
+    locked while the run lives; a run that stops before its first trial leaves no trial
+    record behind.
     """
     settings.check()
     deps = deps or Dependencies()
-    out_dir: list[Path] = []
+    folder = _RunFolder()
     try:
         # workers and passes inherit both: the user's choice, and that the candidates leanify
         # writes under --out are its own (a TorchScript candidate made from safetensors)
         with trusting_code(settings.trust_code), own_outputs(settings.out):
-            return _optimize(model, settings, progress, deps, out_dir)
+            return _optimize(model, settings, progress, deps, folder)
     except LeanifyError:
         raise
-    except Exception as exc:
-        if out_dir:
-            exc.traceback_file = str(_save_error(out_dir[0], "crash",  # type: ignore[attr-defined]
-                                                 traceback.format_exc()))
+    except KeyboardInterrupt:
+        folder.keep = True  # Ctrl-C: the folder stays for the --resume the message suggests
         raise
+    except Exception as exc:
+        if is_disk_full(exc):
+            raise LeanifyError("the disk is full.", path=getattr(exc, "filename", None),
+                               fix="Free some space, then continue with --resume: finished "
+                                   "trials are kept.") from exc
+        if folder.out is not None:
+            with contextlib.suppress(OSError):
+                exc.traceback_file = str(_save_error(  # type: ignore[attr-defined]
+                    folder.out, "crash", traceback.format_exc()))
+        raise
+    finally:
+        folder.close()
 
 
 def _optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
-              progress: Progress | None, deps: Dependencies, out_dir: list[Path]
+              progress: Progress | None, deps: Dependencies, folder: _RunFolder
               ) -> dict[str, Any]:
     from leanify import tasks
     from leanify.measure.data import read_dataset, split
@@ -178,14 +195,12 @@ def _optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
     dataset = read_dataset(settings.data, settings.task, text_col=settings.text_col,
                            pair_cols=settings.pair_cols, label_col=settings.label_col,
                            score_col=settings.score_col)
-    _check_out_location(settings.out, source)
+    _check_out_location(settings.out, source, settings)
     task.check(source, dataset)
     if not settings.batch_sizes:
         from leanify.measure.workload import default_batches
 
         settings.batch_sizes = default_batches(source, settings.sample)
-    out = _prepare_out(settings.out, source, settings.resume)
-    out_dir.append(out)
     threads = settings.threads or usable_cores()
     if settings.calibration_data is not None:
         calib_set = read_dataset(settings.calibration_data, settings.task,
@@ -226,6 +241,8 @@ def _optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
         # a run that allowed code is another run (absent when not: older runs keep their keys)
         **({"trust_code": True} if settings.trust_code else {}),
     }
+    # The folder is taken (locked) only now that every input was read and checked.
+    out = folder.open(settings.out, source, settings)
     store = TrialStore(out / "trials.db")
     try:
         previous = store.get_run()
@@ -285,8 +302,9 @@ def _optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
                                say, deps)
             done += 3
             if trial.get("traceback"):
-                trial["error_file"] = str(
-                    _save_error(out, candidate.name, trial["traceback"]).relative_to(out))
+                with contextlib.suppress(OSError):  # the disk may be the thing that is full
+                    trial["error_file"] = str(
+                        _save_error(out, candidate.name, trial["traceback"]).relative_to(out))
             if cached is not None:
                 trial["attempts"] = cached.get("attempts", 1) + 1
             if trial["status"] == "done":
@@ -349,11 +367,13 @@ def _run_trial(candidate: Candidate, source: Artifact, baseline: dict[str, Any],
             record = session.record()
     except LeanifyError as exc:  # the input cannot be optimized this way: not retried
         trial["reason"] = f"failed: {exc.render()}"
-        trial["error_kind"] = "input"
+        disk_full = _failure_kind(exc) == "disk-full"  # unless a full disk was behind it
+        trial.update(error_kind="disk-full" if disk_full else "input", retryable=disk_full)
         return trial
     except Exception as exc:  # a bug in one pass must not sink the other candidates
-        trial["reason"] = f"failed with an internal error: {type(exc).__name__}: {exc}"
-        trial["error_kind"] = "internal"  # retried by --resume
+        kind = _failure_kind(exc)
+        trial["reason"] = f"failed {RETRY_CAUSES[kind]}: {type(exc).__name__}: {exc}"
+        trial.update(error_kind=kind, retryable=True)  # --resume tries it again
         trial["traceback"] = traceback.format_exc()
         return trial
     trial.update(_latency_fields(record))
@@ -361,15 +381,42 @@ def _run_trial(candidate: Candidate, source: Artifact, baseline: dict[str, Any],
     return trial
 
 
+# Failures whose cause can go away, retried by --resume: space is freed, a killed measuring
+# process is not killed again, a bug is fixed. An input failure (the candidate cannot be made
+# of this model) would fail the same way and is kept.
+RETRY_CAUSES = {
+    "disk-full": "because the disk was full",
+    "worker-died": "because a child process died",
+    "internal": "with an internal error",
+}
+
+
+def _failure_kind(exc: BaseException) -> str:
+    from concurrent.futures.process import BrokenProcessPool
+
+    from leanify.measure.bench import WorkerDied
+
+    chain: BaseException | None = exc
+    while chain is not None:  # a pass may wrap the OSError that stopped it
+        if is_disk_full(chain):
+            return "disk-full"
+        chain = chain.__cause__ or chain.__context__
+    if isinstance(exc, (WorkerDied, BrokenProcessPool)):
+        return "worker-died"
+    return "internal"
+
+
 def _retry(cached: dict[str, Any]) -> bool:
-    """A trial that failed for an internal reason (a bug, a measuring process that died) is
-    run again on resume; one that failed on its input, or was judged, is not."""
+    """A failed trial marked retryable is run again on resume; one that failed on its input,
+    or was judged, is not."""
     if cached.get("status") != "failed":
         return False
+    if "retryable" in cached:
+        return bool(cached["retryable"])
     kind = cached.get("error_kind")
     if kind is None:  # records written before error kinds
         return str(cached.get("reason", "")).startswith("failed with an internal error")
-    return kind == "internal"
+    return kind in RETRY_CAUSES
 
 
 def _save_error(out: Path, name: str, text: str) -> Path:
@@ -506,11 +553,27 @@ def _evaluate(artifact: Artifact, dataset, settings: OptimizeSettings, threads: 
     if artifact.path is None:  # an in-memory module cannot travel: evaluate here
         return _evaluate_here(artifact, dataset, settings.task, threads, settings.max_length,
                               reference)
-    ctx = get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-        future = pool.submit(_evaluate_child, str(artifact.path), artifact.meta, dataset,
-                             settings.task, threads, settings.max_length, reference)
-        return future.result()
+    return _in_child(_evaluate_child, str(artifact.path), artifact.meta, dataset,
+                     settings.task, threads, settings.max_length, reference)
+
+
+def _in_child(fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` in a fresh spawned process that dies with this one; an interruption
+    (Ctrl-C) or an error here kills it at once rather than waiting for it to finish."""
+    from leanify.measure.lifeline import die_with_parent
+
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"),
+                               initializer=die_with_parent, initargs=(os.getpid(),))
+    try:
+        return pool.submit(fn, *args).result()
+    except BaseException:
+        # the executor has no public way to stop a running call: kill its process
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            with contextlib.suppress(OSError):
+                proc.kill()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _evaluate_child(path: str, meta: dict[str, Any], dataset, task: str, threads: int,
@@ -543,9 +606,7 @@ def _reference(source: Artifact, dataset, threads: int, max_length: int, target:
     if source.path is None:
         _reference_child(source, dataset, threads, max_length, target)
         return
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        pool.submit(_reference_child, str(source.path), dataset, threads, max_length,
-                    target).result()
+    _in_child(_reference_child, str(source.path), dataset, threads, max_length, target)
 
 
 def _reference_child(source: Artifact | str, dataset, threads: int, max_length: int,
@@ -575,35 +636,95 @@ def _calibration_batches(source: Artifact, calibration, max_length: int):
 # --- output ----------------------------------------------------------------------------
 
 
-def _check_out_location(out: Path, source: Artifact) -> Path:
-    """--out is never the input model's folder nor inside it."""
+def _check_out_location(out: Path, source: Artifact,
+                        settings: OptimizeSettings | None = None) -> Path:
+    """--out is never the input model's folder nor inside it, nor holds any input."""
+    from leanify.paths import check_apart
+
     out = Path(out).expanduser().resolve()
-    if source.path is not None:
-        model_root = source.path if source.path.is_dir() else source.path.parent
-        if out == model_root or out.is_relative_to(model_root):
-            raise LeanifyError(
-                "is inside or next to the input model; leanify never writes there.", path=out,
-                fix="Choose an --out folder outside the model's folder.")
+    inputs: dict[str, Any] = {}
+    if source.path is not None:  # a file model's folder too: external data lies beside it
+        inputs["model"] = source.path if source.path.is_dir() else source.path.parent
+    if settings is not None:
+        inputs.update({"--data": settings.data, "--calibration-data": settings.calibration_data,
+                       "--sample": settings.sample, "--transfer-data": settings.transfer_data})
+    check_apart({"--out": out}, inputs)
     return out
 
 
-def _prepare_out(out: Path, source: Artifact, resume: bool) -> Path:
-    out = _check_out_location(out, source)
-    if out.exists() and not out.is_dir():
-        raise LeanifyError("exists and is not a folder.", path=out,
-                           fix="Choose a new --out folder.")
-    has_run = (out / "trials.db").exists()
-    if has_run and not resume:
-        raise LeanifyError("already holds an optimization run.", path=out,
-                           fix="Pass --resume to continue it, or choose another --out.")
-    if out.exists() and any(out.iterdir()) and not has_run:
-        raise LeanifyError("exists and is not empty.", path=out,
-                           fix="Choose a new or empty --out folder.")
-    if resume and not has_run:
-        raise LeanifyError("holds no run to resume.", path=out,
-                           fix="Run without --resume to start one.")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+# What a run leaves in its folder before its first trial: such a folder may be reused.
+_LEFTOVERS = {"work", "errors", *STORE_FILES, LOCK_NAME}
+
+
+class _RunFolder:
+    """The run folder of one optimize run: checked, locked while the run lives, and left
+    without a trial record when the run stopped before its first trial."""
+
+    def __init__(self) -> None:
+        self.out: Path | None = None
+        self.lock: RunLock | None = None
+        self.created = False
+        self.keep = False  # keep an empty record and the folder (an interrupted run)
+
+    def open(self, out: Path, source: Artifact, settings: OptimizeSettings) -> Path:
+        out = _check_out_location(out, source, settings)
+        if out.exists() and not out.is_dir():
+            raise LeanifyError("exists and is not a folder.", path=out,
+                               fix="Choose a new --out folder.")
+        self.created = not out.exists()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _cannot_write(out, exc) from exc
+        self.out = out
+        # Locked before looking inside: two runs starting at once must not both see it free.
+        self.lock = RunLock(out).acquire()
+        runs = _trial_count(out)
+        if runs and not settings.resume:
+            raise LeanifyError("already holds an optimization run.", path=out,
+                               fix="Pass --resume to continue it, or choose another --out.")
+        others = sorted(p.name for p in out.iterdir() if p.name not in _LEFTOVERS)
+        if not runs and others:
+            raise LeanifyError(f"exists and is not empty ({', '.join(others[:3])}).",
+                               path=out, fix="Choose a new or empty --out folder.")
+        if settings.resume and runs is None and self.created:
+            raise LeanifyError("holds no run to resume.", path=out,
+                               fix="Run without --resume to start one.")
+        if not runs:  # nothing was recorded: start afresh (a stale record would only confuse)
+            remove_store(out)
+        return out
+
+    def close(self) -> None:
+        if self.out is None or self.lock is None:  # never touch a folder another run holds
+            return
+        try:
+            if not self.keep and _trial_count(self.out) == 0:  # no trial: no record left
+                remove_store(self.out)
+        except (LeanifyError, OSError):  # a damaged record is the user's to look at
+            pass
+        self.lock.release()
+        self.lock = None
+        if self.created and not self.keep:  # a folder made for nothing goes too
+            with contextlib.suppress(OSError):
+                self.out.rmdir()
+
+
+def _trial_count(out: Path) -> int | None:
+    """Trials recorded in OUT/trials.db; None when there is no record."""
+    if not (out / "trials.db").exists():
+        return None
+    store = TrialStore(out / "trials.db")
+    try:
+        return store.count()
+    finally:
+        store.close()
+
+
+def _cannot_write(path: Path, exc: OSError) -> LeanifyError:
+    if is_disk_full(exc):
+        return LeanifyError("the disk is full.", path=path, fix="Free some space.")
+    return LeanifyError(f"cannot write to {path} ({exc.strerror or exc}).", path=path,
+                        fix="Make the folder writable (chmod u+w), or choose another --out.")
 
 
 def _finish(out: Path, source: Artifact, baseline: dict[str, Any], results: list[dict[str, Any]],

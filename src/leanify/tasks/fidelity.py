@@ -225,9 +225,16 @@ def read_arrays(path: Path, task: str) -> Dataset:
     if len(files) > MAX_FILES:
         raise LeanifyError(f"holds {len(files)} .npz files; leanify reads at most {MAX_FILES}.",
                            path=path, fix="Give a sample of your data.")
-    from leanify.models.inputs import read_npz
+    from leanify.models.inputs import MAX_NPZ_BYTES, read_npz
 
-    rows = [read_npz(f) for f in files]
+    rows, total = [], 0
+    for f in files:  # each file is capped by read_npz; so is the folder, as it is read
+        rows.append(read_npz(f))
+        total += sum(a.nbytes for a in rows[-1].values())
+        if total > MAX_NPZ_BYTES:
+            raise LeanifyError(f"holds more than {MAX_NPZ_BYTES >> 20} MiB of arrays (by "
+                               f"{f.name}); leanify reads data folders up to that size.",
+                               path=path, fix="Give a sample of your data.")
     keys = set(rows[0])
     for f, row in zip(files, rows, strict=True):
         if set(row) != keys:

@@ -1,0 +1,75 @@
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def text_onnx(tmp_path_factory, tiny_onnx, minilm_path) -> Path:
+    """The tiny BERT as ONNX with MiniLM's real tokenizer beside it."""
+    folder = tmp_path_factory.mktemp("served")
+    shutil.copy(tiny_onnx, folder / "model.onnx")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                 "special_tokens_map.json"):
+        shutil.copy(minilm_path / name, folder / name)
+    return folder / "model.onnx"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model: Path, *args: str):
+        import httpx
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "leanify.cli", "serve", str(model), "--port", str(self.port),
+             "--threads", "1", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the server exited: {self.proc.stderr.read()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise AssertionError("the server did not become ready in 120 s")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def start_server():
+    """Server(model, *cli_args): a `leanify serve` process, ready; .stop() -> exit code."""
+    return Server
+
+
+@pytest.fixture(scope="session")
+def server(text_onnx):
+    s = Server(text_onnx, "--max-batch", "8", "--max-inputs", "4", "--max-body-kb", "4",
+               "--timeout-s", "20")
+    yield s
+    s.stop()

@@ -1,0 +1,79 @@
+"""`leanify serve --ray`: the same endpoints from a local Ray cluster with 2 replicas."""
+
+import asyncio
+import collections
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+import numpy as np
+
+
+def test_two_ray_replicas_serve_the_same_endpoints_and_stop_cleanly(text_onnx):
+    import socket
+
+    from leanify.models.load import load
+    from leanify.runtimes import open_runner
+    from leanify.tasks.text import embed
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    # Ray's socket paths must stay under 108 bytes: a short folder of its own
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "leanify.cli", "serve", str(text_onnx),
+                             "--ray", "--replicas", "2", "--port", str(port), "--threads", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            try:
+                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise AssertionError("Ray Serve did not become ready in 300 s")
+
+        async def burst():
+            async with httpx.AsyncClient(timeout=60) as client:
+                return await asyncio.gather(*(client.post(
+                    f"{url}/v1/embeddings", json={"input": f"sentence number {i} " * 30})
+                    for i in range(100)))
+
+        replicas: set[str] = set()
+        for _ in range(5):  # Ray's router spreads by in-flight requests: bursts reach both
+            answers = asyncio.run(burst())
+            assert collections.Counter(a.status_code for a in answers)[200] >= 30
+            assert set(a.status_code for a in answers) <= {200, 429}
+            replicas |= {a.headers["x-leanify-replica"] for a in answers
+                         if a.status_code == 200}
+            if len(replicas) == 2:
+                break
+        assert len(replicas) == 2  # both replicas answered
+        texts = ["A girl is styling her hair."]
+        got = httpx.post(f"{url}/v1/embeddings", json={"input": texts}, timeout=60).json()
+        artifact = load(text_onnx)
+        want = embed(open_runner(artifact, 1), artifact, texts)
+        np.testing.assert_allclose(np.array([got["data"][0]["embedding"]]), want, rtol=1e-4,
+                                   atol=1e-5)
+        bad = httpx.post(f"{url}/v1/embeddings", content=b"{nope", timeout=60)
+        assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]["message"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 0
+        assert "stopped" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -38,6 +38,7 @@ LIMITED_ENV = "LEANIFY_LIMITED"  # set inside a process that already runs under 
 MEMORY_FLAG = "--memory-limit-gb"
 PARSE_CPU_S = 120  # CPU seconds one inspection may use
 PARSE_WALL_S = 300
+_PARENT = "LEANIFY_INSPECTING_FOR"  # the inspection child dies with the process it works for
 # What allocators say when a request is refused (Python, PyTorch, ONNX Runtime, OpenVINO, C++).
 OOM_WORDS = ("MemoryError", "can't allocate memory", "bad_alloc", "Failed to allocate memory",
              "out of memory", "Cannot allocate memory", "not enough memory")
@@ -165,7 +166,7 @@ def run_isolated(target: str, kwargs: dict[str, Any], label: str) -> Any:
     """
     with tempfile.TemporaryDirectory(prefix="leanify-inspect-") as scratch:
         env = {**os.environ, "TMPDIR": scratch, "HOME": scratch, LIMITED_ENV: "1",
-               MEMORY_ENV: str(memory_limit_gb())}
+               MEMORY_ENV: str(memory_limit_gb()), _PARENT: str(os.getpid())}
         # The child must import this very leanify, also when it runs from a source tree.
         src = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
@@ -201,6 +202,9 @@ def _child_main() -> None:
     import importlib
     import traceback
 
+    from leanify.measure.lifeline import die_with_parent
+
+    die_with_parent(int(os.environ[_PARENT]) if os.environ.get(_PARENT, "").isdigit() else None)
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # what the model's code prints must not pass for the reply
     request = json.loads(sys.stdin.read())

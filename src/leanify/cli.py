@@ -58,6 +58,21 @@ def _root(
         stdout.print(ctx.get_help())
 
 
+TrustCode = Annotated[bool, typer.Option(
+    "--trust-code", help="Allow models that are code (TorchScript, .pt2 archives with compiled "
+    "members); leanify runs them with memory/CPU limits, inspection also with file writes "
+    "confined. Only for files you trust.")]
+MemoryLimit = Annotated[float | None, typer.Option(
+    "--memory-limit-gb", help="Memory each model process may use (default: 80% of RAM); a "
+    "model that asks for more stops with a clear error.", show_default=False)]
+
+
+def _limits(memory_limit_gb: float | None) -> None:
+    from leanify.sandbox import set_memory_limit
+
+    set_memory_limit(memory_limit_gb)
+
+
 SAMPLE_HELP = ("Inputs to run: arrays named like the model's inputs (.npz; scalars allowed, "
                "e.g. a sample rate), or texts (.txt/.jsonl/.csv/.tsv).")
 
@@ -87,6 +102,8 @@ def bench(
     trust_pickle: Annotated[bool, typer.Option(
         "--trust-pickle", help="Allow pickled weights (.bin/.pt), read weights-only. Only for "
                                "files you trust.")] = False,
+    trust_code: TrustCode = False,
+    memory_limit_gb: MemoryLimit = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no table.")] = False,
 ) -> None:
     """Latency, throughput and memory, side by side, each model in its own process."""
@@ -98,7 +115,9 @@ def bench(
         threads=threads, rounds=rounds, warmup_s=warmup, min_time_s=min_time,
         min_iters=min_iters, sample=str(sample) if sample else None,
         tokenizer=str(tokenizer) if tokenizer else None, trust_pickle=trust_pickle,
+        trust_code=trust_code,
     )
+    _limits(memory_limit_gb)
     if json_path is not None:
         _check_writable(json_path)
         _check_apart({"--json": json_path}, models,
@@ -175,6 +194,8 @@ def optimize(
              "preprocessor_config.json. Default: the model's preprocessor_config.json, "
              "else its input shape with ImageNet values.", show_default=False)] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle")] = False,
+    trust_code: TrustCode = False,
+    memory_limit_gb: MemoryLimit = None,
     allow_training: Annotated[bool, typer.Option(
         "--allow-training", help="Also try students: half the layers, distilled on "
         "--transfer-data, then quantized (takes up to --training-budget-min).")] = False,
@@ -213,11 +234,13 @@ def optimize(
         calibration_size=calibration_size, calibration_data=calibration_data, resume=resume,
         candidates=[c.strip() for c in candidates.split(",")] if candidates else None,
         text_col=text_col, pair_cols=pairs, label_col=label_col, score_col=score_col,
-        trust_pickle=trust_pickle, sample=sample, preprocess=preprocess,
+        trust_pickle=trust_pickle, trust_code=trust_code, sample=sample,
+        preprocess=preprocess,
         transfer_data=tuple(Path(f.strip()) for f in (transfer_data or "").split(",")
                             if f.strip()),
         training_budget_min=training_budget_min if allow_training else None,
     )
+    _limits(memory_limit_gb)
     if quiet:
         record = run_optimize(model, settings)
     else:
@@ -236,6 +259,8 @@ def info(
     tokenizer: Annotated[Path | None, typer.Option(help="Folder with tokenizer.json.",
                                                    show_default=False)] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle")] = False,
+    trust_code: TrustCode = False,
+    memory_limit_gb: MemoryLimit = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """What leanify sees in a model: format, inputs, parameters, size. Loads nothing heavy."""
@@ -243,7 +268,8 @@ def info(
 
     from leanify.models.load import load
 
-    artifact = load(model, tokenizer=tokenizer, trust_pickle=trust_pickle)
+    _limits(memory_limit_gb)
+    artifact = load(model, tokenizer=tokenizer, trust_pickle=trust_pickle, trust_code=trust_code)
     described = artifact.describe()
     described["size_mb"] = round(artifact.size_bytes() / 2**20, 3)
     if as_json:
@@ -295,6 +321,8 @@ def doctor(
         help="Requests/s you serve: serve the model at that rate, one request at a time and "
              "with dynamic batching, and split server overhead from model time.",
         show_default=False)] = None,
+    trust_code: TrustCode = False,
+    memory_limit_gb: MemoryLimit = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no report.")]
     = False,
 ) -> None:
@@ -312,7 +340,9 @@ def doctor(
         data=data, task=task, latency_budget_ms=latency_budget_ms,
         memory_budget_mb=memory_budget_mb, trace=trace, quick=quick, threads=threads,
         tokenizer=str(tokenizer) if tokenizer else None, trust_pickle=trust_pickle,
-        sample=sample, rate=rate, outputs=tuple(p for p in (json_path, html) if p is not None))
+        trust_code=trust_code, sample=sample, rate=rate,
+        outputs=tuple(p for p in (json_path, html) if p is not None))
+    _limits(memory_limit_gb)
     if quiet:
         record = run_doctor(model, settings)
     else:
@@ -346,6 +376,7 @@ def prune(
         help="Text the importance is measured on (any data format leanify reads).",
         show_default=False)] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle")] = False,
+    trust_code: TrustCode = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Structured pruning: drop encoder layers and FFN neurons; the result is still a normal
@@ -357,7 +388,8 @@ def prune(
                                     round_to=round_to)
     _check_apart({"--out": out}, [model], {"--calibration-data": calibration_data})
     record = apply_passes(model, [config], out, calibration_data=calibration_data,
-                          trust_pickle=trust_pickle, log=_log(quiet), tool="leanify prune")
+                          trust_pickle=trust_pickle, trust_code=trust_code, log=_log(quiet),
+                          tool="leanify prune")
     _print_shrink(record, out)
 
 
@@ -389,6 +421,7 @@ def distill(
     threads: Annotated[int | None, typer.Option(show_default=False)] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue a stopped run in --out from its last checkpoint.")] = False,
+    trust_code: TrustCode = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Knowledge distillation into a smaller student (pruned from MODEL with --layers /
@@ -412,8 +445,8 @@ def distill(
         hidden_weight=hidden_weight, time_budget_min=budget_min))
     record = apply_passes(model, configs, out,
                           calibration_data=calibration_data or (files[0] if files else None),
-                          threads=threads, resume=resume, log=_log(quiet),
-                          tool="leanify distill", inputs=inputs)
+                          threads=threads, resume=resume, trust_code=trust_code,
+                          log=_log(quiet), tool="leanify distill", inputs=inputs)
     _print_shrink(record, out)
 
 
@@ -448,6 +481,7 @@ def serve(
         help="Folder with tokenizer.json, for models that ship without one.",
         show_default=False)] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle")] = False,
+    trust_code: TrustCode = False,
     ray: Annotated[bool, typer.Option(
         "--ray", help="Serve from a local Ray cluster (Ray Serve), the same endpoints.")]
     = False,
@@ -480,7 +514,7 @@ def serve(
                     timeout_s=timeout_s,
                     max_body_bytes=max_body_kb * 1024, max_inputs=max_inputs)
     source = resolve(model, tokenizer=str(tokenizer) if tokenizer else None,
-                     trust_pickle=trust_pickle, threads=threads)
+                     trust_pickle=trust_pickle, trust_code=trust_code, threads=threads)
     from leanify.serve.model import ServedModel
 
     ServedModel.check(source.artifact)  # a bad model is exit 2 before the port is bound

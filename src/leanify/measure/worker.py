@@ -142,8 +142,10 @@ def _import_runtime(fmt: str) -> None:
 
 def main() -> None:
     from leanify.measure.lifeline import die_with_parent
+    from leanify.sandbox import limit_worker
 
     die_with_parent()  # a kill -9 of leanify must not leave this process measuring
+    limit_worker()  # the memory budget, before any model is touched
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # libraries that print must not corrupt the protocol
     worker = Worker()

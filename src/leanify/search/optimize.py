@@ -31,6 +31,7 @@ from leanify.measure.bench import BenchSession, BenchSettings, Probe, Spawn, wri
 from leanify.measure.machine import machine_info, usable_cores
 from leanify.models.artifact import Artifact
 from leanify.models.load import load
+from leanify.models.safety import own_outputs, trusting_code
 from leanify.passes.registry import PassConfig, PassContext, run_pipeline
 from leanify.runlock import LOCK_NAME, RunLock
 from leanify.search.plan import Candidate, Training, plan
@@ -77,6 +78,7 @@ class OptimizeSettings:
     label_col: str | None = None
     score_col: str | None = None
     trust_pickle: bool = False
+    trust_code: bool = False  # TorchScript / compiled .pt2 members (see models/safety.py)
     sample: Path | None = None  # an input sample (.npz) for models without a tokenizer
     preprocess: str | None = None  # image tasks: key=value,... or a JSON file (tasks/image.py)
     # --allow-training: prune + distill students on this unlabelled text (never the eval data)
@@ -158,7 +160,10 @@ def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
     deps = deps or Dependencies()
     folder = _RunFolder()
     try:
-        return _optimize(model, settings, progress, deps, folder)
+        # workers and passes inherit both: the user's choice, and that the candidates leanify
+        # writes under --out are its own (a TorchScript candidate made from safetensors)
+        with trusting_code(settings.trust_code), own_outputs(settings.out):
+            return _optimize(model, settings, progress, deps, folder)
     except LeanifyError:
         raise
     except KeyboardInterrupt:
@@ -235,6 +240,8 @@ def _optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
         "training": ({"data": [str(p) for p in training.data],
                       "data_sha256": [_file_sha(p) for p in training.data],
                       "budget_min": training.budget_min} if training else None),
+        # a run that allowed code is another run (absent when not: older runs keep their keys)
+        **({"trust_code": True} if settings.trust_code else {}),
     }
     # The folder is taken (locked) only now that every input was read and checked.
     out = folder.open(settings.out, source, settings)
@@ -771,6 +778,7 @@ def _finish(out: Path, source: Artifact, baseline: dict[str, Any], results: list
             "final_budget_s": settings.final_budget_s,
             "final_max_rounds": settings.final_max_rounds,
             "calibration_size": settings.calibration_size, "max_length": settings.max_length,
+            "trust_pickle": settings.trust_pickle, "trust_code": settings.trust_code,
         },
         "machine": machine,
         "versions": machine["versions"],

@@ -33,7 +33,7 @@ class Source:
 
 
 def resolve(model: str | Path, *, tokenizer: str | None = None, trust_pickle: bool = False,
-            threads: int | None = None) -> Source:
+            trust_code: bool = False, threads: int | None = None) -> Source:
     """A run folder (its selected model) or anything `leanify.load` takes."""
     from leanify.models.load import load
 
@@ -53,10 +53,12 @@ def resolve(model: str | Path, *, tokenizer: str | None = None, trust_pickle: bo
                 path=record_file, fix="Serve the original model, or rerun optimize with "
                 "other targets.")
         artifact = load(path / selected["artifact"], tokenizer=tokenizer,
-                        trust_pickle=trust_pickle, name=selected.get("name"))
+                        trust_pickle=trust_pickle, trust_code=trust_code,
+                        name=selected.get("name"))
         measured = (record.get("settings") or {}).get("threads")
         return Source(artifact, str(selected.get("name") or path.name), threads or measured)
-    artifact = load(str(model), tokenizer=tokenizer, trust_pickle=trust_pickle)
+    artifact = load(str(model), tokenizer=tokenizer, trust_pickle=trust_pickle,
+                    trust_code=trust_code)
     return Source(artifact, artifact.name, threads)
 
 

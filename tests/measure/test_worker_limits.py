@@ -1,0 +1,40 @@
+"""The measuring workers' memory budget: a model that asks for too much is a clear exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+CLI = [sys.executable, "-m", "leanify.cli"]
+
+
+def constant_of_shape_model(path: Path, floats: int) -> Path:
+    """An ONNX graph that builds a `floats`-element constant at run time and adds its sum."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    shape = numpy_helper.from_array(np.array([floats], dtype=np.int64), "shape")
+    one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["big"], value=one),
+             helper.make_node("ReduceSum", ["big"], ["total"], keepdims=1),
+             helper.make_node("Add", ["x", "total"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "grows", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], [shape])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_bench_of_a_model_past_the_memory_limit_is_a_clear_error(tmp_path):
+    # 8 GB + 4 bytes of float32: it would fit in this machine's RAM, so only the 1 GB budget
+    # of the worker (RLIMIT_DATA, set by sandbox.limit_worker) stops it
+    model = constant_of_shape_model(tmp_path / "grows.onnx", 2**31 + 1)
+    proc = subprocess.run(
+        [*CLI, "bench", str(model), "--memory-limit-gb", "1", "--rounds", "1", "--min-iters",
+         "1", "--min-time", "0", "--warmup", "0", "-b", "1", "-s", "4", "-q"],
+        capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2, proc.stderr
+    assert "the model grows.onnx asked for more memory than the 1 GB limit" in proc.stderr
+    assert "--memory-limit-gb" in proc.stderr and "Traceback" not in proc.stderr

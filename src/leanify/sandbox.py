@@ -69,6 +69,27 @@ def set_memory_limit(gb: float | None) -> None:
         os.environ[MEMORY_ENV] = str(gb)
 
 
+# A model's process needs its weights a few times over (the runtime's own copy, packed int8
+# blocks, activations at large batches) plus about 1 GB of libraries; a model file that asks
+# for far more than that is hostile or broken. MiniLM at batch 32 x 128 tokens: < 1 GB.
+WEIGHT_COPIES = 6
+FLOOR_GB = 2.0
+
+
+def model_budget_gb(model_bytes: int) -> float:
+    """The budget of a process running one model: the user's --memory-limit-gb if given,
+    else max(2 GB, 1 GB + 6x the model's files), never above 80% of RAM."""
+    if os.environ.get(MEMORY_ENV):
+        return memory_limit_gb()
+    wanted = max(FLOOR_GB, 1.0 + WEIGHT_COPIES * model_bytes / 2**30)
+    return round(min(wanted, memory_limit_gb()), 2)
+
+
+def current_limit_gb() -> float | None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
+    return None if soft == resource.RLIM_INFINITY else round(soft / 2**30, 2)
+
+
 def limit_memory(gb: float) -> None:
     limit = int(gb * 2**30)
     _, hard = resource.getrlimit(resource.RLIMIT_DATA)
@@ -92,8 +113,8 @@ def out_of_memory(text: str) -> bool:
     return any(word.lower() in text.lower() for word in OOM_WORDS)
 
 
-def memory_error(label: str, detail: str = "") -> LeanifyError:
-    gb = memory_limit_gb()
+def memory_error(label: str, detail: str = "", gb: float | None = None) -> LeanifyError:
+    gb = gb or memory_limit_gb()
     first = detail.strip().splitlines()[0] if detail.strip() else ""
     said = f" ({first[:160]}{'...' if len(first) > 160 else ''})" if first else ""
     return LeanifyError(

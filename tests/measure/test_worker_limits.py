@@ -38,3 +38,27 @@ def test_bench_of_a_model_past_the_memory_limit_is_a_clear_error(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "the model grows.onnx asked for more memory than the 1 GB limit" in proc.stderr
     assert "--memory-limit-gb" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_without_a_flag_a_small_model_gets_a_budget_its_size_explains(tmp_path):
+    # the same 8 GB ask from a file of a few hundred bytes: the default budget is what such
+    # a model can need (2 GB here), not 80% of the machine
+    model = constant_of_shape_model(tmp_path / "grows.onnx", 2**31 + 1)
+    proc = subprocess.run(
+        [*CLI, "bench", str(model), "--rounds", "1", "--min-iters", "1", "--min-time", "0",
+         "--warmup", "0", "-b", "1", "-s", "4", "-q"],
+        capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2, proc.stderr
+    assert "asked for more memory than the 2 GB limit" in proc.stderr
+
+
+def test_the_default_budget_follows_the_model_size(monkeypatch):
+    from leanify import sandbox
+
+    monkeypatch.delenv(sandbox.MEMORY_ENV, raising=False)
+    ram = sandbox.memory_limit_gb()
+    assert sandbox.model_budget_gb(1000) == 2.0
+    assert sandbox.model_budget_gb(2**30) == min(7.0, ram)  # 1 GB of weights: 1 + 6 GB
+    assert sandbox.model_budget_gb(100 * 2**30) == ram  # never above 80% of RAM
+    monkeypatch.setenv(sandbox.MEMORY_ENV, "1.5")
+    assert sandbox.model_budget_gb(2**30) == 1.5  # the user's flag wins

@@ -118,7 +118,8 @@ class _Child:
         if reply.get("kind") == "input":
             raise LeanifyError(reply["message"])
         if sandbox.out_of_memory(str(reply.get("message"))):  # past the worker's budget
-            raise sandbox.memory_error(self.label, str(reply.get("message")))
+            raise sandbox.memory_error(self.label, str(reply.get("message")),
+                                       reply.get("memory_limit_gb"))
         raise RuntimeError(
             f"measuring {self.label} failed: {reply.get('message')}\n{reply.get('traceback', '')}"
         )

@@ -53,6 +53,10 @@ class Worker:
                         name=req.get("name"))
         t2 = time.perf_counter()
         from leanify.runtimes import for_artifact
+        from leanify.sandbox import limit_memory, model_budget_gb
+
+        # now that the model's size is known, the budget shrinks to what such a model needs
+        limit_memory(model_budget_gb(artifact.size_bytes()))
 
         for_artifact(artifact).load_module()  # a no-op unless the guess was wrong
         t3 = time.perf_counter()
@@ -160,11 +164,14 @@ def main() -> None:
         except LeanifyError as exc:
             reply = {"ok": False, "kind": "input", "message": exc.render()}
         except Exception as exc:
+            from leanify.sandbox import current_limit_gb
+
             reply = {
                 "ok": False,
                 "kind": "internal",
                 "message": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc(),
+                "memory_limit_gb": current_limit_gb(),
             }
         proto.write(json.dumps(reply) + "\n")
 

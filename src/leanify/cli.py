@@ -754,12 +754,16 @@ def _fail(exc: Exception, args: list[str] | None = None) -> None:
 
 
 def _environment_error(exc: Exception) -> Exception | None:
-    """A full disk or a folder leanify may not write to is the user's to fix (exit 2), not
-    a bug: say which file, and what to do."""
+    """A full disk, a folder leanify may not write to, or a model asking for more memory
+    than its budget is the user's to fix (exit 2), not a bug: say what, and what to do."""
     import errno
 
     from leanify.errors import LeanifyError
+    from leanify.sandbox import memory_error, out_of_memory
 
+    if not isinstance(exc, LeanifyError) and out_of_memory(f"{type(exc).__name__}: {exc}"):
+        # a child that runs a model does so under a budget its size explains (sandbox.py)
+        return memory_error("", str(exc))
     if not isinstance(exc, OSError) or exc.errno is None:
         return None
     where = exc.filename

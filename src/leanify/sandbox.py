@@ -85,6 +85,12 @@ def model_budget_gb(model_bytes: int) -> float:
     return round(min(wanted, memory_limit_gb()), 2)
 
 
+def limit_for(artifact: Any) -> None:
+    """In a child that runs one model (scoring, profiling): the budget such a model needs."""
+    if artifact.path is not None:
+        limit_memory(model_budget_gb(artifact.size_bytes()))
+
+
 def current_limit_gb() -> float | None:
     soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
     return None if soft == resource.RLIM_INFINITY else round(soft / 2**30, 2)
@@ -114,12 +120,16 @@ def out_of_memory(text: str) -> bool:
 
 
 def memory_error(label: str, detail: str = "", gb: float | None = None) -> LeanifyError:
-    gb = gb or memory_limit_gb()
+    """`gb`: the budget the failing process ran under, where it is known."""
     first = detail.strip().splitlines()[0] if detail.strip() else ""
     said = f" ({first[:160]}{'...' if len(first) > 160 else ''})" if first else ""
+    who = f"the model {label}" if label else "the model"
+    limit = (f"the {gb:g} GB limit" if gb else
+             "the budget leanify gives a model of its size (1 GB + 6x its files, at least "
+             "2 GB)" if not os.environ.get(MEMORY_ENV) else
+             f"the {memory_limit_gb():g} GB limit")
     return LeanifyError(
-        f"the model {label} asked for more memory than the {gb:g} GB limit{said}, so leanify "
-        "stopped it.",
+        f"{who} asked for more memory than {limit}{said}, so leanify stopped it.",
         fix=f"If the model really needs that much, pass {MEMORY_FLAG} with a larger value "
         "(at most what the machine has); otherwise fix the model (a tensor or shape that "
         "asks for more than it should).",

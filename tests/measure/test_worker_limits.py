@@ -62,3 +62,21 @@ def test_the_default_budget_follows_the_model_size(monkeypatch):
     assert sandbox.model_budget_gb(100 * 2**30) == ram  # never above 80% of RAM
     monkeypatch.setenv(sandbox.MEMORY_ENV, "1.5")
     assert sandbox.model_budget_gb(2**30) == 1.5  # the user's flag wins
+
+
+def test_optimize_of_such_a_model_stops_in_its_scoring_child_with_exit_2(tmp_path):
+    import numpy as np
+
+    model = constant_of_shape_model(tmp_path / "m" / "grows.onnx", 2**31 + 1) \
+        if (tmp_path / "m").mkdir() is None else None
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        np.savez(data / f"r{i}.npz", x=np.ones((1, 4), np.float32))
+    proc = subprocess.run(
+        [*CLI, "optimize", str(model), "--task", "fidelity", "--data", str(data), "--sample",
+         str(data / "r0.npz"), "--out", str(tmp_path / "run"), "-q"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "asked for more memory than the budget leanify gives a model of its size" \
+        in proc.stderr and "internal error" not in proc.stderr

@@ -584,6 +584,9 @@ def _evaluate_child(path: str, meta: dict[str, Any], dataset, task: str, threads
 
     artifact = load(path)
     artifact = replace(artifact, meta={**meta, **artifact.meta})
+    from leanify.sandbox import limit_for
+
+    limit_for(artifact)  # a candidate that asks for far more than its size stops here
     return _evaluate_here(artifact, dataset, task, threads, max_length, reference)
 
 
@@ -619,6 +622,10 @@ def _reference_child(source: Artifact | str, dataset, threads: int, max_length: 
     from leanify.measure.evaluate import reference_outputs
 
     artifact = load(source)
+    if not isinstance(source, Artifact):
+        from leanify.sandbox import limit_for
+
+        limit_for(artifact)
     if meta:  # what the task resolved for the source (image preprocessing)
         from dataclasses import replace
 

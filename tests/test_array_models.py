@@ -40,17 +40,21 @@ def test_bench_runs_the_sample_at_its_own_length(fmt, silero_onnx, silero_jit, s
         assert shapes[4]["state"] == [2, 4, 128]  # the batch is dim 1 of the state
 
 
-def test_doctor_writes_json_and_html(silero_onnx, silero_data, tmp_path):
-    _, sample, _, _ = silero_data
+@pytest.mark.parametrize("fmt", ["onnx", "jit"])
+def test_doctor_writes_json_and_html(fmt, silero_onnx, silero_jit, silero_data, tmp_path):
+    _, onnx_sample, _, jit_sample = silero_data
+    model, sample = (silero_onnx, onnx_sample) if fmt == "onnx" else (silero_jit, jit_sample)
+    trust = ["--trust-code"] if fmt == "jit" else []
     js, html = tmp_path / "doctor.json", tmp_path / "doctor.html"
-    proc = leanify("doctor", str(silero_onnx), "--sample", str(sample), "--json", str(js),
-                   "--html", str(html))
+    proc = leanify("doctor", str(model), "--sample", str(sample), "--json", str(js),
+                   "--html", str(html), *trust)
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads(js.read_text())
     points = record["latency"]["curve"]["points"]
     assert {p["seq_len"] for p in points} == {512} and len(points) >= 2
-    assert record["verdict"]["command"] and "--sample" in record["verdict"]["command"]
-    assert "YOUR_NPZ_FOLDER" in record["verdict"]["command"]
+    command = record["verdict"]["command"]
+    assert command and "--sample" in command and "YOUR_NPZ_FOLDER" in command
+    assert ("--trust-code" in command) == (fmt == "jit")
     assert record["sections"]["profile"]["status"] == "done"
     assert "<html" in html.read_text().lower()
 

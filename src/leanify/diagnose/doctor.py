@@ -226,6 +226,7 @@ def _doctor(model: str | os.PathLike | Artifact, settings: DoctorSettings,
     record["settings"] = {
         "data": str(settings.data) if settings.data else None, "task": task,
         "sample": str(settings.sample) if settings.sample else None,
+        "trust_code": settings.trust_code,
         "latency_budget_ms": settings.latency_budget_ms,
         "memory_budget_mb": settings.memory_budget_mb, "quick": settings.quick,
         "threads": threads, "sequence": sequence,

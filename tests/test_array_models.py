@@ -26,8 +26,9 @@ def test_bench_runs_the_sample_at_its_own_length(fmt, silero_onnx, silero_jit, s
     _, onnx_sample, _, jit_sample = silero_data
     model, sample = (silero_onnx, onnx_sample) if fmt == "onnx" else (silero_jit, jit_sample)
     out = tmp_path / "bench.json"
+    trust = ("--trust-code",) if fmt == "jit" else ()  # TorchScript is code
     proc = leanify("bench", str(model), "--sample", str(sample), "-b", "1,4", *FAST,
-                   "--json", str(out))
+                   "--json", str(out), *trust)
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads(out.read_text())
     assert record["workload"] == {"name": "arrays", "axes": ["batch", "samples"]}
@@ -39,17 +40,21 @@ def test_bench_runs_the_sample_at_its_own_length(fmt, silero_onnx, silero_jit, s
         assert shapes[4]["state"] == [2, 4, 128]  # the batch is dim 1 of the state
 
 
-def test_doctor_writes_json_and_html(silero_onnx, silero_data, tmp_path):
-    _, sample, _, _ = silero_data
+@pytest.mark.parametrize("fmt", ["onnx", "jit"])
+def test_doctor_writes_json_and_html(fmt, silero_onnx, silero_jit, silero_data, tmp_path):
+    _, onnx_sample, _, jit_sample = silero_data
+    model, sample = (silero_onnx, onnx_sample) if fmt == "onnx" else (silero_jit, jit_sample)
+    trust = ["--trust-code"] if fmt == "jit" else []
     js, html = tmp_path / "doctor.json", tmp_path / "doctor.html"
-    proc = leanify("doctor", str(silero_onnx), "--sample", str(sample), "--json", str(js),
-                   "--html", str(html))
+    proc = leanify("doctor", str(model), "--sample", str(sample), "--json", str(js),
+                   "--html", str(html), *trust)
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads(js.read_text())
     points = record["latency"]["curve"]["points"]
     assert {p["seq_len"] for p in points} == {512} and len(points) >= 2
-    assert record["verdict"]["command"] and "--sample" in record["verdict"]["command"]
-    assert "YOUR_NPZ_FOLDER" in record["verdict"]["command"]
+    command = record["verdict"]["command"]
+    assert command and "--sample" in command and "YOUR_NPZ_FOLDER" in command
+    assert ("--trust-code" in command) == (fmt == "jit")
     assert record["sections"]["profile"]["status"] == "done"
     assert "<html" in html.read_text().lower()
 
@@ -60,8 +65,9 @@ def test_optimize_fidelity_on_npz_rows(fmt, silero_onnx, silero_jit, silero_data
     model, data, sample = ((silero_onnx, onnx_dir, onnx_sample) if fmt == "onnx"
                            else (silero_jit, jit_dir, jit_sample))
     out = tmp_path / "run"
+    trust = ("--trust-code",) if fmt == "jit" else ()  # TorchScript is code
     proc = leanify("optimize", str(model), "--task", "fidelity", "--data", str(data),
-                   "--sample", str(sample), "--out", str(out), timeout=900)
+                   "--sample", str(sample), "--out", str(out), *trust, timeout=900)
     record = json.loads((out / "leanify.json").read_text())
     # ONNX: the folded graph runs 1.34x faster at batch 1, bit-exact. TorchScript: freezing
     # alone moved between 0.90x and 1.17x from run to run; one thread instead of two is what
@@ -77,6 +83,7 @@ def test_optimize_fidelity_on_npz_rows(fmt, silero_onnx, silero_jit, silero_data
     assert record["baseline"]["metric"] == {**record["baseline"]["metric"],
                                            "name": "output_fidelity", "value": 100.0}
     assert record["settings"]["batch_sizes"] == [1]  # the sample's own batch
+    assert record["settings"]["trust_code"] is (fmt == "jit")
     by_name = {c["name"]: c for c in record["candidates"]}
     trial = by_name[expected]
     assert trial["status"] == "done", trial.get("reason")

@@ -16,6 +16,7 @@ from typing import Any
 from leanify.errors import LeanifyError
 from leanify.models.artifact import Artifact
 from leanify.models.load import load
+from leanify.models.safety import own_outputs, trusting_code
 from leanify.passes.registry import PassConfig, PassContext, run_pipeline
 from leanify.runlock import LOCK_NAME, RunLock
 
@@ -33,6 +34,7 @@ def apply_passes(
     threads: int | None = None,
     resume: bool = False,
     trust_pickle: bool = False,
+    trust_code: bool = False,
     log: Callable[[str], None] = print,
     tool: str = "leanify apply",
     inputs: Mapping[str, Any] | None = None,
@@ -41,16 +43,19 @@ def apply_passes(
 
     `inputs` names the other files the passes read (label -> path): OUT may hold none of
     them. OUT is locked while the passes run: a second run into it is refused.
+    `trust_code=True` allows models that are code (TorchScript); see models/safety.py.
     """
-    started = datetime.now(UTC)
-    source = load(model, trust_pickle=trust_pickle)
-    inputs = {**(inputs or {}), "--calibration-data": calibration_data}
-    out, lock = _prepare(Path(out), source, resume, inputs)
-    try:
-        return _apply(source, configs, out, started, calibration_data, calibration_size,
-                      max_length, threads, log, tool)
-    finally:
-        lock.release()
+    # the passes' loads of their own outputs (under OUT) inherit both
+    with trusting_code(trust_code), own_outputs(out):
+        started = datetime.now(UTC)
+        source = load(model, trust_pickle=trust_pickle)
+        inputs = {**(inputs or {}), "--calibration-data": calibration_data}
+        out, lock = _prepare(Path(out), source, resume, inputs)
+        try:
+            return _apply(source, configs, out, started, calibration_data, calibration_size,
+                          max_length, threads, log, tool)
+        finally:
+            lock.release()
 
 
 def _apply(source: Artifact, configs: Sequence[PassConfig], out: Path, started: datetime,

@@ -58,6 +58,21 @@ def _root(
         stdout.print(ctx.get_help())
 
 
+TrustCode = Annotated[bool, typer.Option(
+    "--trust-code", help="Allow models that are code (TorchScript, .pt2 archives with compiled "
+    "members); leanify runs them with memory/CPU limits, inspection also with file writes "
+    "confined. Only for files you trust.")]
+MemoryLimit = Annotated[float | None, typer.Option(
+    "--memory-limit-gb", help="Memory each model process may use (default: 80% of RAM); a "
+    "model that asks for more stops with a clear error.", show_default=False)]
+
+
+def _limits(memory_limit_gb: float | None) -> None:
+    from leanify.sandbox import set_memory_limit
+
+    set_memory_limit(memory_limit_gb)
+
+
 SAMPLE_HELP = ("Inputs to run: arrays named like the model's inputs (.npz; scalars allowed, "
                "e.g. a sample rate), or texts (.txt/.jsonl/.csv/.tsv).")
 
@@ -93,6 +108,8 @@ def bench(
     trust_pickle: Annotated[bool, typer.Option(
         "--trust-pickle", help="Allow pickled weights (.bin/.pt), read weights-only. Only for "
                                "files you trust.")] = False,
+    trust_code: TrustCode = False,
+    memory_limit_gb: MemoryLimit = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no table.")] = False,
 ) -> None:
     """Latency, throughput and memory, side by side, each model in its own process."""
@@ -106,7 +123,9 @@ def bench(
         threads=threads, rounds=rounds, warmup_s=warmup, min_time_s=min_time,
         min_iters=min_iters, sample=str(sample) if sample else None,
         tokenizer=str(tokenizer) if tokenizer else None, trust_pickle=trust_pickle,
+        trust_code=trust_code,
     )
+    _limits(memory_limit_gb)
     if json_path is not None:
         _check_writable(json_path)
         _check_apart({"--json": json_path}, models,
@@ -131,8 +150,8 @@ def optimize(
     model: Annotated[str, typer.Argument(help="The model to optimize: an HF folder, an .onnx "
                                               "file, or 'minilm'.", show_default=False)],
     task: Annotated[str, typer.Option(
-        help="embedding-similarity | text-classification | fidelity | perplexity.",
-        show_default=False)],
+        help="embedding-similarity | text-classification | fidelity | perplexity | "
+             "image-classification | image-fidelity.", show_default=False)],
     data: Annotated[Path, typer.Option(
         help="Evaluation data: CSV/TSV/JSONL/Parquet or STS-B format, or for array models a "
              "folder of .npz files (one model call each). A calibration split is held out "
@@ -177,7 +196,15 @@ def optimize(
     resume: Annotated[bool, typer.Option("--resume", help="Continue a stopped run in --out; "
                                          "finished trials are not re-run.")] = False,
     sample: Annotated[Path | None, typer.Option(help=SAMPLE_HELP, show_default=False)] = None,
+    preprocess: Annotated[str | None, typer.Option(
+        help="Image tasks: how images become inputs, as key=value pairs (size=224, "
+             "resize=shorter|exact, shorter=256, interpolation=bilinear|bicubic|lanczos, "
+             "scale=1/255, mean=0.485/0.456/0.406, std=..., color=RGB|BGR) or a "
+             "preprocessor_config.json. Default: the model's preprocessor_config.json, "
+             "else its input shape with ImageNet values.", show_default=False)] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle")] = False,
+    trust_code: TrustCode = False,
+    memory_limit_gb: MemoryLimit = None,
     allow_training: Annotated[bool, typer.Option(
         "--allow-training", help="Also try students: half the layers, distilled on "
         "--transfer-data, then quantized (takes up to --training-budget-min).")] = False,
@@ -216,11 +243,13 @@ def optimize(
         calibration_size=calibration_size, calibration_data=calibration_data, resume=resume,
         candidates=[c.strip() for c in candidates.split(",")] if candidates else None,
         text_col=text_col, pair_cols=pairs, label_col=label_col, score_col=score_col,
-        trust_pickle=trust_pickle, sample=sample,
+        trust_pickle=trust_pickle, trust_code=trust_code, sample=sample,
+        preprocess=preprocess,
         transfer_data=tuple(Path(f.strip()) for f in (transfer_data or "").split(",")
                             if f.strip()),
         training_budget_min=training_budget_min if allow_training else None,
     )
+    _limits(memory_limit_gb)
     if quiet:
         record = run_optimize(model, settings)
     else:
@@ -239,6 +268,8 @@ def info(
     tokenizer: Annotated[Path | None, typer.Option(help="Folder with tokenizer.json.",
                                                    show_default=False)] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle")] = False,
+    trust_code: TrustCode = False,
+    memory_limit_gb: MemoryLimit = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """What leanify sees in a model: format, inputs, parameters, size. Loads nothing heavy."""
@@ -246,7 +277,8 @@ def info(
 
     from leanify.models.load import load
 
-    artifact = load(model, tokenizer=tokenizer, trust_pickle=trust_pickle)
+    _limits(memory_limit_gb)
+    artifact = load(model, tokenizer=tokenizer, trust_pickle=trust_pickle, trust_code=trust_code)
     described = artifact.describe()
     described["size_mb"] = round(artifact.size_bytes() / 2**20, 3)
     if as_json:
@@ -298,6 +330,8 @@ def doctor(
         help="Requests/s you serve: serve the model at that rate, one request at a time and "
              "with dynamic batching, and split server overhead from model time.",
         show_default=False)] = None,
+    trust_code: TrustCode = False,
+    memory_limit_gb: MemoryLimit = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no report.")]
     = False,
 ) -> None:
@@ -315,7 +349,9 @@ def doctor(
         data=data, task=task, latency_budget_ms=latency_budget_ms,
         memory_budget_mb=memory_budget_mb, trace=trace, quick=quick, threads=threads,
         tokenizer=str(tokenizer) if tokenizer else None, trust_pickle=trust_pickle,
-        sample=sample, rate=rate, outputs=tuple(p for p in (json_path, html) if p is not None))
+        trust_code=trust_code, sample=sample, rate=rate,
+        outputs=tuple(p for p in (json_path, html) if p is not None))
+    _limits(memory_limit_gb)
     if quiet:
         record = run_doctor(model, settings)
     else:
@@ -349,6 +385,7 @@ def prune(
         help="Text the importance is measured on (any data format leanify reads).",
         show_default=False)] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle")] = False,
+    trust_code: TrustCode = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Structured pruning: drop encoder layers and FFN neurons; the result is still a normal
@@ -360,7 +397,8 @@ def prune(
                                     round_to=round_to)
     _check_apart({"--out": out}, [model], {"--calibration-data": calibration_data})
     record = apply_passes(model, [config], out, calibration_data=calibration_data,
-                          trust_pickle=trust_pickle, log=_log(quiet), tool="leanify prune")
+                          trust_pickle=trust_pickle, trust_code=trust_code, log=_log(quiet),
+                          tool="leanify prune")
     _print_shrink(record, out)
 
 
@@ -392,6 +430,7 @@ def distill(
     threads: Annotated[int | None, typer.Option(show_default=False)] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue a stopped run in --out from its last checkpoint.")] = False,
+    trust_code: TrustCode = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Knowledge distillation into a smaller student (pruned from MODEL with --layers /
@@ -415,8 +454,8 @@ def distill(
         hidden_weight=hidden_weight, time_budget_min=budget_min))
     record = apply_passes(model, configs, out,
                           calibration_data=calibration_data or (files[0] if files else None),
-                          threads=threads, resume=resume, log=_log(quiet),
-                          tool="leanify distill", inputs=inputs)
+                          threads=threads, resume=resume, trust_code=trust_code,
+                          log=_log(quiet), tool="leanify distill", inputs=inputs)
     _print_shrink(record, out)
 
 
@@ -451,6 +490,7 @@ def serve(
         help="Folder with tokenizer.json, for models that ship without one.",
         show_default=False)] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle")] = False,
+    trust_code: TrustCode = False,
     ray: Annotated[bool, typer.Option(
         "--ray", help="Serve from a local Ray cluster (Ray Serve), the same endpoints.")]
     = False,
@@ -483,7 +523,7 @@ def serve(
                     timeout_s=timeout_s,
                     max_body_bytes=max_body_kb * 1024, max_inputs=max_inputs)
     source = resolve(model, tokenizer=str(tokenizer) if tokenizer else None,
-                     trust_pickle=trust_pickle, threads=threads)
+                     trust_pickle=trust_pickle, trust_code=trust_code, threads=threads)
     from leanify.serve.model import ServedModel
 
     ServedModel.check(source.artifact)  # a bad model is exit 2 before the port is bound
@@ -723,12 +763,16 @@ def _fail(exc: Exception, args: list[str] | None = None) -> None:
 
 
 def _environment_error(exc: Exception) -> Exception | None:
-    """A full disk or a folder leanify may not write to is the user's to fix (exit 2), not
-    a bug: say which file, and what to do."""
+    """A full disk, a folder leanify may not write to, or a model asking for more memory
+    than its budget is the user's to fix (exit 2), not a bug: say what, and what to do."""
     import errno
 
     from leanify.errors import LeanifyError
+    from leanify.sandbox import memory_error, out_of_memory
 
+    if not isinstance(exc, LeanifyError) and out_of_memory(f"{type(exc).__name__}: {exc}"):
+        # a child that runs a model does so under a budget its size explains (sandbox.py)
+        return memory_error("", str(exc))
     if not isinstance(exc, OSError) or exc.errno is None:
         return None
     where = exc.filename

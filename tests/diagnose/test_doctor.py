@@ -174,7 +174,7 @@ def test_onnx_file_not_made_by_leanify(tiny_onnx, tmp_path):
 
 
 def test_torchscript_file_not_made_by_leanify(tiny_torchscript):
-    rec = doctor(tiny_torchscript, DoctorSettings(threads=1))
+    rec = doctor(tiny_torchscript, DoctorSettings(threads=1, trust_code=True))
     assert rec["inventory"]["format"] == "torchscript"
     assert rec["profile"]["profiler"] == "torch.profiler" and rec["profile"]["operators"]
     assert rec["inventory"]["flops"]["flops"] > 0

@@ -233,7 +233,14 @@ def hf_pickle_weights(tmp, get):
 
 def truncated_torchscript(tmp, get):
     path = _half(get("tiny_torchscript"), tmp / "model.pt")
-    return Case(path, path, (), _loads(path))
+    return Case(path, path, (), _loads(path, trust_code=True), ("--trust-code",))
+
+
+def torchscript_is_code(tmp, get):
+    """TorchScript runs its author's code on load: refused unless the user trusts it."""
+    path = tmp / "model.pt"
+    shutil.copy(get("tiny_torchscript"), path)
+    return Case(path, path, ("is code", "--trust-code", "ONNX"), _loads(path))
 
 
 def truncated_pt2(tmp, get):
@@ -295,6 +302,7 @@ CASES = [missing, empty_file, truncated_onnx, garbage_onnx, truncated_safetensor
          unknown_suffix, not_a_model_folder, onnx_data_escapes_folder, onnx_data_missing,
          onnx_data_truncated, config_not_json, config_not_an_object, config_auto_map,
          pickle_payload, state_dict_trusted, hf_pickle_weights, truncated_torchscript,
+         torchscript_is_code,
          truncated_pt2, tokenizer_folder_without_tokenizer, npz_with_wrong_names,
          unknown_input_name, static_pt2_other_shape, markup_in_path]
 

@@ -310,7 +310,9 @@ def test_folder_with_two_onnx_files_is_ambiguous(tiny_onnx, tiny_cnn_onnx, tmp_p
 
 
 def test_torchscript(tiny_torchscript, torch_params):
-    artifact = load(tiny_torchscript)
+    with pytest.raises(LeanifyError, match="--trust-code"):
+        load(tiny_torchscript)  # TorchScript is code: refused unless trusted
+    artifact = load(tiny_torchscript, trust_code=True)  # inspected in the limited child
     assert artifact.format == "torchscript"
     assert artifact.path == tiny_torchscript.resolve()
     assert artifact.input_names == TEXT_INPUTS
@@ -324,7 +326,7 @@ def test_torchscript(tiny_torchscript, torch_params):
 def test_torchscript_is_sniffed_not_guessed_from_the_suffix(tiny_torchscript, tmp_path, name):
     target = tmp_path / name
     shutil.copy(tiny_torchscript, target)
-    artifact = load(target)
+    artifact = load(target, trust_code=True)
     assert artifact.format == "torchscript"
     assert artifact.input_names == TEXT_INPUTS
 
@@ -473,14 +475,14 @@ def test_model_files_are_never_modified(request, fixture, monkeypatch):
     source = request.getfixturevalue(fixture)
     folder = source if source.is_dir() else source.parent
     before = snapshot(folder)
-    artifact = load(source)
+    artifact = load(source, trust_code=fixture == "tiny_torchscript")
     sha = artifact.sha256()
     runner = open_runner(artifact)
     outputs = runner.run(InputBuilder(artifact).batch(2, 16))
     runner.close()
     assert outputs and all(np.isfinite(v).all() for v in outputs.values())
     assert snapshot(folder) == before
-    assert load(source).sha256() == sha
+    assert load(source, trust_code=fixture == "tiny_torchscript").sha256() == sha
 
 
 # --- pickles: refused by default, never executed ---------------------------------------

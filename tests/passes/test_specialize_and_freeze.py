@@ -60,7 +60,7 @@ def test_specialize_refuses_when_the_data_varies(silero_onnx, silero_data, tmp_p
 def test_freeze_torchscript_keeps_outputs_over_calls(optimize, silero_jit, silero_data,
                                                      tmp_path):
     _, _, jit_dir, sample = silero_data
-    source = load(silero_jit)
+    source = load(silero_jit, trust_code=True)
     ctx = PassContext(work_dir=tmp_path / "work", threads=1, sample=sample)
     out = apply(source, make_config("freeze-torchscript", optimize_for_inference=optimize), ctx)
     assert out.format == "torchscript" and out.meta["freeze_check"]["max_diff"]

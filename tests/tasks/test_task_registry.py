@@ -13,7 +13,7 @@ from leanify.tasks.fidelity import _agreement, read_arrays
 
 def test_every_task_module_registers_one_task():
     assert tasks.names() == ("embedding-similarity", "text-classification", "fidelity",
-                             "perplexity")
+                             "image-classification", "image-fidelity", "perplexity")
     for task in tasks.all_tasks().values():
         assert task.metric and task.reads and task.summary
     with pytest.raises(LeanifyError, match="unknown task 'bleu'"):

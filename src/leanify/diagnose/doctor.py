@@ -29,6 +29,7 @@ from leanify.errors import LeanifyError
 from leanify.measure.machine import cpu_busy_fraction, machine_info, usable_cores
 from leanify.models.artifact import Artifact
 from leanify.models.load import load
+from leanify.models.safety import trusting_code
 
 SCHEMA_VERSION = 1
 TORCH_FORMATS = ("hf", "torchscript", "pt2", "torch-module")
@@ -48,6 +49,7 @@ class DoctorSettings:
     tokenizer: str | None = None
     sample: Path | None = None  # an input sample (.npz) for models without a tokenizer
     trust_pickle: bool = False
+    trust_code: bool = False  # TorchScript / compiled .pt2 members (see models/safety.py)
     top: int = 15
     rate: float | None = None  # requests/s to serve: measure the server around the model
     outputs: tuple[Path, ...] = ()  # files the caller will write (--json, --html): checked first
@@ -168,6 +170,12 @@ def doctor(model: str | os.PathLike | Artifact, settings: DoctorSettings | None 
     """Diagnose `model`; return the record (see the README for its schema)."""
     settings = settings or DoctorSettings()
     settings.check()
+    with trusting_code(settings.trust_code):
+        return _doctor(model, settings, progress)
+
+
+def _doctor(model: str | os.PathLike | Artifact, settings: DoctorSettings,
+            progress: Progress | None) -> dict[str, Any]:
     tick = progress or (lambda _d, _t, _w: None)
     started = datetime.now(UTC)
     t0 = time.perf_counter()
@@ -218,6 +226,7 @@ def doctor(model: str | os.PathLike | Artifact, settings: DoctorSettings | None 
     record["settings"] = {
         "data": str(settings.data) if settings.data else None, "task": task,
         "sample": str(settings.sample) if settings.sample else None,
+        "trust_code": settings.trust_code,
         "latency_budget_ms": settings.latency_budget_ms,
         "memory_budget_mb": settings.memory_budget_mb, "quick": settings.quick,
         "threads": threads, "sequence": sequence,
@@ -331,7 +340,8 @@ def _serve(model: Any, artifact: Artifact, settings: DoctorSettings, texts: list
         record["warnings"].append("--rate: an in-memory model cannot be served; give a path")
         return None
     extra = [*(("--tokenizer", settings.tokenizer) if settings.tokenizer else ()),
-             *(("--trust-pickle",) if settings.trust_pickle else ())]
+             *(("--trust-pickle",) if settings.trust_pickle else ()),
+             *(("--trust-code",) if settings.trust_code else ())]
     return serving(str(model), settings.rate, texts, threads, extra=tuple(extra),
                    duration_s=4.0 if settings.quick else 10.0)
 

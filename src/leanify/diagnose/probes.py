@@ -151,6 +151,9 @@ def onnx_probe(req: dict[str, Any]) -> dict[str, Any]:
     sections = Sections()
     out = sections.out
     artifact = _artifact(req)
+    from leanify.sandbox import limit_for
+
+    limit_for(artifact)  # running the model: the budget a model of its size needs
     threads = req["threads"]
     matrices: dict[str, np.ndarray] = {}
     if req.get("profile"):

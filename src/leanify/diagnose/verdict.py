@@ -330,6 +330,8 @@ def _claim(record: dict[str, Any], b: dict[str, Any], typ: float | None,
             "--data", data_ref or ("YOUR_NPZ_FOLDER" if sample else "YOUR_DATA.csv")]
     if sample:  # an array model: the same sample runs in optimize's checks and timings
         argv += ["--sample", sample]
+    if record["settings"].get("trust_code"):  # the user trusted this file's code already
+        argv += ["--trust-code"]
     shown = {k: f"{v:g}" if isinstance(v, float) else str(v) for k, v in targets.items()}
     for flag, value in shown.items():
         argv += [flag, value]

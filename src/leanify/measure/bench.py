@@ -20,12 +20,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from leanify import sandbox
 from leanify.errors import LeanifyError, first_line
 from leanify.measure import memory, stats, workload
 from leanify.measure.lifeline import PARENT_ENV
 from leanify.measure.machine import cpu_busy_fraction, machine_info, usable_cores
 from leanify.models.artifact import Artifact
 from leanify.models.load import load
+from leanify.models.safety import trusting_code
 
 SCHEMA_VERSION = 1
 BUSY_WARNING = 0.25  # share of all cores used by others, while leanify idles, that we flag
@@ -49,6 +51,7 @@ class BenchSettings:
     sample: str | None = None
     tokenizer: str | None = None
     trust_pickle: bool = False
+    trust_code: bool = False  # TorchScript / compiled .pt2 members (see models/safety.py)
 
     def check(self) -> None:
         if self.batch_sizes is not None and (
@@ -125,6 +128,9 @@ class _Child:
             return reply
         if reply.get("kind") == "input":
             raise LeanifyError(reply["message"])
+        if sandbox.out_of_memory(str(reply.get("message"))):  # past the worker's budget
+            raise sandbox.memory_error(self.label, str(reply.get("message")),
+                                       reply.get("memory_limit_gb"))
         raise RuntimeError(
             f"measuring {self.label} failed: {reply.get('message')}\n{reply.get('traceback', '')}"
         )
@@ -179,7 +185,7 @@ def bench(
     The first model is the baseline: every other model gets ratios against it.
     """
     settings = settings or BenchSettings()
-    with BenchSession(models, settings, progress) as session:
+    with trusting_code(settings.trust_code), BenchSession(models, settings, progress) as session:
         for _ in range(settings.rounds):
             session.run_round()
         return session.record()

@@ -77,12 +77,19 @@ class Dataset:
     labels: list[str] | None = None
     lines: list[int] | None = None
     arrays: list[dict[str, np.ndarray]] | None = None
+    # image rows: a file path or a decoded HxW[xC] array each; `classes` is the label
+    # vocabulary in class order when the data declares one (a folder per class), kept by
+    # subsets so a split never renumbers the classes
+    images: list[Any] | None = None
+    classes: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         if self.pairs is not None:
             return len(self.pairs)
         if self.arrays is not None:
             return len(self.arrays)
+        if self.images is not None:
+            return len(self.images)
         return len(self.texts) if self.texts is not None else 0
 
     def subset(self, indices: Sequence[int]) -> Dataset:
@@ -102,7 +109,7 @@ class Dataset:
         else:
             texts = pick(self.texts)
         return Dataset(self.path, self.task, texts, pairs, pick(self.scores), pick(self.labels),
-                       pick(self.lines), pick(self.arrays))
+                       pick(self.lines), pick(self.arrays), pick(self.images), self.classes)
 
     def all_texts(self) -> list[str]:
         """Every text the rows hold, both sentences of a pair included, in row order."""

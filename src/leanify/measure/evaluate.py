@@ -43,7 +43,10 @@ def reference_outputs(artifact: Artifact | Any, rows: Dataset | list[str], *,
     evaluate(..., reference=...)."""
     artifact = _as_artifact(artifact)
     dataset = rows if isinstance(rows, Dataset) else Dataset(None, "fidelity", texts=list(rows))
-    task = get_task("fidelity")
+    from leanify.tasks import all_tasks
+
+    own = all_tasks().get(dataset.task)  # image-fidelity has its own reference
+    task = own if own is not None and own.needs_reference else get_task("fidelity")
     task.check(artifact, dataset)
     runner = _open(artifact, threads)
     try:

@@ -58,6 +58,10 @@ class Worker:
                         name=req.get("name"))
         t2 = time.perf_counter()
         from leanify.runtimes import for_artifact
+        from leanify.sandbox import limit_memory, model_budget_gb
+
+        # now that the model's size is known, the budget shrinks to what such a model needs
+        limit_memory(model_budget_gb(artifact.size_bytes()))
 
         for_artifact(artifact).load_module()  # a no-op unless the guess was wrong
         t3 = time.perf_counter()
@@ -172,8 +176,10 @@ def _import_runtime(fmt: str) -> None:
 
 def main() -> None:
     from leanify.measure.lifeline import die_with_parent
+    from leanify.sandbox import limit_worker
 
     die_with_parent()  # a kill -9 of leanify must not leave this process measuring
+    limit_worker()  # the memory budget, before any model is touched
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # libraries that print must not corrupt the protocol
     worker = Worker()
@@ -188,11 +194,14 @@ def main() -> None:
         except LeanifyError as exc:
             reply = {"ok": False, "kind": "input", "message": exc.render()}
         except Exception as exc:
+            from leanify.sandbox import current_limit_gb
+
             reply = {
                 "ok": False,
                 "kind": "internal",
                 "message": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc(),
+                "memory_limit_gb": current_limit_gb(),
             }
         proto.write(json.dumps(reply) + "\n")
 

@@ -2,8 +2,11 @@
 
 A point is (batch, length): for text models the length is tokens per row; for array models
 (audio, sensor data, any non-text input) it is the sample's own length along its first
-dynamic dim after the batch (e.g. 512 audio samples), which the user's sample fixes. Bench
-rows keep the keys `batch_size` and `seq_len` for both, and say which workload they measured.
+dynamic dim after the batch (e.g. 512 audio samples), which the user's sample fixes; for
+image models (one (batch, 3, H, W) or (batch, H, W, 3) input) it is the image height (the
+width is the model's, or the same as the height): a static H x W is what runs, whatever
+lengths are asked for; a dynamic one runs square images of each requested side. Bench
+rows keep the keys `batch_size` and `seq_len` for all, and say which workload they measured.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ class Workload:
     length: str  # what the second coordinate counts
 
     def describe(self, batch: int, length: int) -> str:
+        if self is IMAGE:
+            return f"batch {batch} × {length}×{length} images"
         return f"batch {batch} × {length} {self.length}"
 
     def as_dict(self) -> dict[str, str]:
@@ -33,11 +38,40 @@ ARRAYS = Workload("arrays", "samples")
 # prefill + decode (see measure/generation.py)
 GENERATION = Workload("generation", "prompt tokens")
 
+IMAGE = Workload("image", "height")
+IMAGE_BATCHES = (1, 8)  # a request, a small batch: on CPU larger image batches add little
+
+
+def image_dims(artifact: Artifact) -> tuple[int | None, int | None, int | None] | None:
+    """(batch, height, width) of an image model's one input (None where dynamic), or None
+    when the model is not an image model: exactly one required input, rank 4, float or
+    uint8, with 1 or 3 channels in dim 1 (NCHW) or dim 3 (NHWC)."""
+    required = [s for s in artifact.inputs if not s.optional]
+    if len(required) != 1 or required[0].shape is None or len(required[0].shape) != 4:
+        return None
+    spec = required[0]
+    if not (spec.dtype.startswith("float") or spec.dtype == "uint8"):
+        return None
+    shape = spec.shape
+    if shape[1] in (1, 3):
+        h, w = shape[2], shape[3]
+    elif shape[3] in (1, 3):
+        h, w = shape[1], shape[2]
+    else:
+        return None
+
+    def fixed(dim: int | str) -> int | None:
+        return dim if isinstance(dim, int) and dim > 0 else None
+
+    return fixed(shape[0]), fixed(h), fixed(w)
+
 
 def for_artifact(artifact: Artifact) -> Workload:
     if artifact.meta.get("task") == "text-generation":
         return GENERATION
-    return TEXT if "input_ids" in artifact.input_names else ARRAYS
+    if "input_ids" in artifact.input_names:
+        return TEXT
+    return IMAGE if image_dims(artifact) is not None else ARRAYS
 
 
 def sample_length(artifact: Artifact, sample: str | Path | None) -> int | None:
@@ -62,6 +96,9 @@ def default_batches(artifact: Artifact, sample: str | Path | None = None) -> tup
             return (rows,)
     if for_artifact(artifact) is GENERATION:
         return (1,)  # one chat request at a time; ask for concurrency with --batch-size
+    dims = image_dims(artifact)
+    if dims is not None:
+        return (dims[0],) if dims[0] else IMAGE_BATCHES  # a fixed batch is the only one
     return (1, 32)
 
 
@@ -70,6 +107,9 @@ def points(artifact: Artifact, batch_sizes: Sequence[int], seq_lens: Sequence[in
     """The (batch, length) points to measure, smallest first; a sample's length wins over
     the requested lengths (the model runs the user's real shape)."""
     fixed = sample_length(artifact, sample)
+    dims = image_dims(artifact)
+    if fixed is None and dims is not None and dims[1] is not None:
+        fixed = dims[1]  # a static image size is what runs
     lengths = [fixed] if fixed is not None else [int(s) for s in seq_lens]
     return sorted({(int(b), int(s)) for b in batch_sizes for s in lengths},
                   key=lambda p: (p[0] * p[1], p[0]))

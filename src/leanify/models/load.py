@@ -7,6 +7,7 @@ file and the fix.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -27,7 +28,10 @@ from leanify.models.files import (
     tokenizer_beside,
 )
 from leanify.models.safety import (
+    check_pt2_archive,
     check_safetensors,
+    code_trusted,
+    refuse_code,
     refuse_pickle,
     sniff_torch_archive,
     weights_only_torch_load,
@@ -52,12 +56,16 @@ def load(
     tokenizer: str | os.PathLike | None = None,
     trust_pickle: bool = False,
     name: str | None = None,
+    trust_code: bool | None = None,
 ) -> Artifact:
     """Load a model reference into an Artifact.
 
     `source` is a path (HF folder, .onnx, TorchScript, .pt2), the alias "minilm", or an
     in-memory `torch.nn.Module` (then `example_inputs`, a tuple or dict of tensors, is required).
     `tokenizer` points at a folder with tokenizer files when the model's folder has none.
+    `trust_code=True` allows files that are code (TorchScript, compiled .pt2 members); they
+    are then inspected in a limited child process. None: what the enclosing command allows
+    (`safety.trusting_code`), else False.
     """
     if isinstance(source, Artifact):
         return source
@@ -77,7 +85,8 @@ def load(
             path=path,
             fix=f"Check the path. leanify loads {SUPPORTED}.",
         )
-    artifact = _load_path(path.resolve(), name or label, trust_pickle)
+    artifact = _load_path(path.resolve(), name or label, trust_pickle,
+                          code_trusted(trust_code, path))
     _check_runtime_entry(artifact)
     if tokenizer is not None:
         artifact = _replace_meta(artifact, tokenizer=str(_tokenizer_folder(tokenizer)))
@@ -129,7 +138,7 @@ def _alias_path(alias: str) -> Path:
     return Path(pkg.get_model_path())
 
 
-def _load_path(path: Path, name: str, trust_pickle: bool) -> Artifact:
+def _load_path(path: Path, name: str, trust_pickle: bool, trust_code: bool) -> Artifact:
     if path.is_dir():
         return _load_folder(path, name, trust_pickle)
     suffix = path.suffix.lower()
@@ -138,7 +147,7 @@ def _load_path(path: Path, name: str, trust_pickle: bool) -> Artifact:
     if suffix == ".onnx":
         return _load_onnx(path, name)
     if suffix == ".pt2":
-        return _load_pt2(path, name, trust_pickle)
+        return _load_pt2(path, name, trust_pickle, trust_code)
     if suffix == ".gguf":
         return _load_gguf(path, name)
     if suffix == ".xml":
@@ -154,9 +163,11 @@ def _load_path(path: Path, name: str, trust_pickle: bool) -> Artifact:
     if suffix in TORCH_SUFFIXES or suffix == "":
         kind = sniff_torch_archive(path)
         if kind == "torchscript":
-            return _load_torchscript(path, name)
+            if not trust_code:
+                raise refuse_code(path, "This TorchScript file")
+            return _isolated("torchscript", path, name, trust_pickle)
         if kind == "pt2":
-            return _load_pt2(path, name, trust_pickle)
+            return _load_pt2(path, name, trust_pickle, trust_code)
         if kind == "pickle":
             return _load_pickle(path, trust_pickle)
     raise LeanifyError(
@@ -201,13 +212,17 @@ def _load_folder(path: Path, name: str, trust_pickle: bool) -> Artifact:
     if weights:
         tensors: dict[str, dict] = {}
         for file in weights:
-            tensors.update(check_safetensors(file))
+            table = check_safetensors(file)
+            _check_tensor_spans(file, table)
+            tensors.update(table)
         params = sum(_numel(t.get("shape", [])) for t in tensors.values())
         weight_format = "safetensors"
     elif not trust_pickle:
         raise refuse_pickle(pickles[0], "This model's weights file")
     else:
         params, weight_format = None, "pickle (weights_only)"
+    _check_config_sizes(config_file, config, params,
+                        sum(f.stat().st_size for f in (weights or pickles)))
 
     vocab = config.get("vocab_size")
     inputs = [TensorSpec("input_ids", "int64", ("batch", "sequence"), 0, vocab)]
@@ -243,6 +258,68 @@ def _load_folder(path: Path, name: str, trust_pickle: bool) -> Artifact:
     # lineage a leanify pass left (pruned_from, prune / distill records); config.json wins
     meta = {**read_sidecar(config_file), **meta}
     return Artifact("hf", path, name, tuple(inputs), meta)
+
+
+SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
+                     "I8": 1, "U8": 1, "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "C64": 8,
+                     "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def _check_tensor_spans(path: Path, tensors: Mapping[str, Any]) -> None:
+    """Each tensor's shape must fill exactly the bytes its offsets give it: a shape larger than
+    its bytes would make the parameter count (and what a loader allocates) a lie."""
+    for name, entry in tensors.items():
+        try:
+            start, end = (int(v) for v in entry["data_offsets"])
+            shape, element = entry["shape"], SAFETENSORS_BYTES.get(entry["dtype"])
+        except (KeyError, TypeError, ValueError):
+            continue  # the header check reports malformed entries
+        if element is None or not all(isinstance(d, int) and d >= 0 for d in shape):
+            continue
+        if _numel(shape) * element != end - start:
+            raise LeanifyError(
+                f"declares tensor '{name}' of shape {list(shape)} ({entry['dtype']}, "
+                f"{_numel(shape) * element:,} bytes) over {end - start:,} bytes of data.",
+                path=path, fix="The file is damaged or crafted: re-save the model.")
+
+
+# config.json names for the sizes that decide an architecture's parameter count
+CONFIG_SIZES = {
+    "hidden": ("hidden_size", "d_model", "n_embd", "dim"),
+    "layers": ("num_hidden_layers", "n_layer", "num_layers", "n_layers"),
+    "ffn": ("intermediate_size", "ffn_dim", "n_inner", "hidden_dim", "d_ff"),
+    "vocab": ("vocab_size",),
+}
+SIZE_SLACK = 8  # the estimate may exceed the weights by this factor (tied, shared, packed)
+
+
+def _check_config_sizes(config_file: Path, config: Mapping[str, Any], params: int | None,
+                        weight_bytes: int) -> None:
+    """Refuse a config whose sizes describe a model far larger than its weight files, before
+    transformers allocates it (num_hidden_layers: 1000000 grew memory for minutes)."""
+    sizes: dict[str, int] = {}
+    for role, keys in CONFIG_SIZES.items():
+        value = next((config[k] for k in keys if k in config), None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 0:
+                raise LeanifyError(f"declares a negative size ({role}: {value}).",
+                                   path=config_file, fix="Repair the file.")
+            sizes[role] = value
+    hidden = sizes.get("hidden", 0)
+    ffn = sizes.get("ffn", 4 * hidden)
+    # embeddings + per layer: attention (4 h^2) and the feed-forward block (2 h i)
+    estimate = sizes.get("vocab", 0) * hidden + sizes.get("layers", 0) * (
+        4 * hidden * hidden + 2 * hidden * ffn)
+    stored = max(params or 0, 2 * weight_bytes)  # at least half a byte per parameter
+    if estimate > SIZE_SLACK * stored + 10_000_000:
+        shown = ", ".join(f"{k} {v:,}" for k, v in sizes.items())
+        raise LeanifyError(
+            f"describes a model of about {estimate:,} parameters ({shown}), but its weight "
+            f"files hold {weight_bytes:,} bytes; leanify refuses it before building anything.",
+            path=config_file,
+            fix="Check hidden_size, num_hidden_layers, intermediate_size and vocab_size "
+            "against the weights, or re-save the model with save_pretrained.",
+        )
 
 
 def _hf_task(config: Mapping[str, Any]) -> str:
@@ -519,6 +596,56 @@ def _torch_text_inputs(names: Sequence[str], state: Mapping[str, Any]) -> tuple[
     return tuple(specs)
 
 
+# --- Inspection in a limited child ---------------------------------------------------------
+
+_INSPECTED: dict[tuple, dict] = {}  # one child per file version and options, per process
+
+
+def _isolated(kind: str, path: Path, name: str, trust_pickle: bool) -> Artifact:
+    """Inspect a TorchScript or .pt2 file in a limited child (sandbox.py) and rebuild the
+    Artifact from the JSON facts it returns. Inside an already limited process (a measuring
+    worker, the child itself) the inspection runs in place."""
+    from leanify import sandbox
+
+    if sandbox.is_limited():
+        return _inspect(kind, path, name, trust_pickle)
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns, kind, trust_pickle,
+           code_trusted(None, path))
+    if key not in _INSPECTED:
+        _INSPECTED[key] = sandbox.run_isolated(
+            "leanify.models.load:inspect_to_json",
+            {"kind": kind, "path": str(path), "name": name, "trust_pickle": trust_pickle},
+            label=str(path))
+    return _artifact_from_json({**_INSPECTED[key], "name": name})
+
+
+def _inspect(kind: str, path: Path, name: str, trust_pickle: bool) -> Artifact:
+    if kind == "torchscript":
+        return _load_torchscript(path, name)
+    return _inspect_pt2(path, name, trust_pickle)
+
+
+def inspect_to_json(kind: str, path: str, name: str, trust_pickle: bool) -> dict[str, Any]:
+    """What the child sends back: the Artifact as plain JSON (no objects, no pickle)."""
+    from dataclasses import asdict
+
+    artifact = _inspect(kind, Path(path), name, trust_pickle)
+    return {"format": artifact.format, "path": str(artifact.path), "name": artifact.name,
+            "inputs": [asdict(s) for s in artifact.inputs], "meta": json_safe(artifact.meta)}
+
+
+def json_safe(meta: Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(dict(meta), default=str))
+
+
+def _artifact_from_json(data: Mapping[str, Any]) -> Artifact:
+    specs = tuple(TensorSpec(s["name"], s["dtype"],
+                             tuple(s["shape"]) if s["shape"] is not None else None,
+                             s["low"], s["high"], bool(s["optional"])) for s in data["inputs"])
+    return Artifact(data["format"], Path(data["path"]), data["name"], specs, dict(data["meta"]))
+
+
 def _load_torchscript(path: Path, name: str) -> Artifact:
     torch = require("torch", "torch", "Loading TorchScript models")
     import warnings
@@ -529,6 +656,12 @@ def _load_torchscript(path: Path, name: str) -> Artifact:
             module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # torch raises RuntimeError subclasses with C++ text
         first = first_line(exc)
+        if "Permission denied" in str(exc) or "Operation not permitted" in str(exc):
+            raise LeanifyError(  # the limited child forbids writes outside its scratch folder
+                "ran code on load that tried to write a file or reach the network, which "
+                "leanify's limited inspection forbids; it did not load.",
+                path=path, fix="Do not use this file, or export the model to ONNX or .pt2 in "
+                "an environment you can throw away.") from exc
         raise LeanifyError(
             f"is not a loadable TorchScript archive ({first}).",
             path=path,
@@ -557,14 +690,20 @@ def _scalar_spec(name: str, kind: str) -> TensorSpec | None:
     return TensorSpec(name, dtype, ()) if dtype else None
 
 
-def load_pt2_program(path: Path, trust_pickle: bool = False):
-    """torch.export.load with every pickle path made weights-only (see safety.py)."""
-    torch = require("torch", "torch", "Loading .pt2 models")
+def _check_pt2(path: Path, trust_pickle: bool, trust_code: bool) -> None:
     if sniff_torch_archive(path) != "pt2":
         raise LeanifyError(
             "is not a torch.export archive (damaged, truncated or another format).",
             path=path, fix="Re-save it with torch.export.save.",
         )
+    check_pt2_archive(path, trust_pickle, trust_code)
+
+
+def load_pt2_program(path: Path, trust_pickle: bool = False, trust_code: bool | None = None):
+    """torch.export.load with every pickle path made weights-only (see safety.py), after the
+    archive's static checks (no compiled code unless trusted, no zip slip, sizes that fit)."""
+    torch = require("torch", "torch", "Loading .pt2 models")
+    _check_pt2(path, trust_pickle, code_trusted(trust_code, path))
     import logging
 
     export_log = logging.getLogger("torch.export")
@@ -586,7 +725,12 @@ def load_pt2_program(path: Path, trust_pickle: bool = False):
         export_log.setLevel(level)
 
 
-def _load_pt2(path: Path, name: str, trust_pickle: bool) -> Artifact:
+def _load_pt2(path: Path, name: str, trust_pickle: bool, trust_code: bool) -> Artifact:
+    _check_pt2(path, trust_pickle, trust_code)  # refused before any child starts
+    return _isolated("pt2", path, name, trust_pickle)
+
+
+def _inspect_pt2(path: Path, name: str, trust_pickle: bool) -> Artifact:
     program = load_pt2_program(path, trust_pickle)
     user_inputs = list(program.graph_signature.user_inputs)
     nodes = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import struct
 import zipfile
 from collections.abc import Iterator
@@ -17,6 +18,16 @@ from leanify.errors import LeanifyError
 from leanify.models.files import loads_json, shorten
 
 TRUST_FLAG = "--trust-pickle (Python: trust_pickle=True)"
+TRUST_CODE_FLAG = "--trust-code (Python: trust_code=True)"
+# Members of a .pt2 archive that are code, not data: AOTInductor packages hold a shared
+# library (its constructor runs on load) and compile flags whose "compiler" torch passes to
+# system(); ExecuTorch and MTIA payloads are compiled programs too.
+CODE_DIRS = ("data/aotinductor/", "data/executorch/", "data/mtia")
+CODE_SUFFIXES = (".so", ".dll", ".dylib", ".pyd", ".o", ".cpp", ".c", ".h", ".py",
+                 "_compile_flags.json", "_linker_flags.json")
+# torch's serde ScalarType -> bytes per element (schema.py; unknown types are not checked)
+ELEMENT_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 2, 7: 4, 8: 8, 9: 4, 10: 8, 11: 16, 12: 1,
+                 13: 2, 28: 2, 29: 1, 30: 1, 31: 1, 32: 1, 33: 1, 34: 4, 35: 8}
 
 
 def zip_names(path: Path) -> list[str] | None:
@@ -52,6 +63,153 @@ def sniff_torch_archive(path: Path) -> str:
     if "data.pkl" in entries:
         return "pickle"
     return "unknown"
+
+
+TRUST_CODE_ENV = "LEANIFY_TRUST_CODE"  # set while a command runs with --trust-code
+OUTPUTS_ENV = "LEANIFY_OWN_OUTPUTS"  # folders a running command writes its own models to
+
+
+def code_trusted(explicit: bool | None, path: Path | None = None) -> bool:
+    """The caller's choice, else what the enclosing command allows (inherited by the
+    measuring workers and by the passes' loads of their own outputs). A file under a folder
+    the running command writes its candidates to is leanify's own output (e.g. the
+    TorchScript that torch-dynamic-int8 makes from a safetensors model)."""
+    if explicit is not None:
+        return bool(explicit)
+    if os.environ.get(TRUST_CODE_ENV) == "1":
+        return True
+    own = [Path(p) for p in os.environ.get(OUTPUTS_ENV, "").split(os.pathsep) if p]
+    return path is not None and any(path.resolve().is_relative_to(folder) for folder in own)
+
+
+@contextlib.contextmanager
+def own_outputs(folder: str | os.PathLike | None) -> Iterator[None]:
+    """Within the block (and its child processes) files under `folder` are leanify's own."""
+    before = os.environ.get(OUTPUTS_ENV)
+    folders = [p for p in (before or "").split(os.pathsep) if p]
+    if folder is not None:
+        folders.append(str(Path(folder).expanduser().resolve()))
+    os.environ[OUTPUTS_ENV] = os.pathsep.join(folders)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(OUTPUTS_ENV, None)
+        else:
+            os.environ[OUTPUTS_ENV] = before
+
+
+@contextlib.contextmanager
+def trusting_code(trust: bool) -> Iterator[None]:
+    """Within the block (and in the processes it starts) loads allow code when `trust`."""
+    before = os.environ.get(TRUST_CODE_ENV)
+    if trust:
+        os.environ[TRUST_CODE_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(TRUST_CODE_ENV, None)
+        else:
+            os.environ[TRUST_CODE_ENV] = before
+
+
+def refuse_code(path: Path, what: str) -> LeanifyError:
+    return LeanifyError(
+        f"{what} is code, not just weights: loading it runs whatever its author wrote (it can "
+        "write files or start programs), so leanify will not load it by default.",
+        path=path,
+        fix=f"If you trust where it came from, pass {TRUST_CODE_FLAG}; leanify then inspects it "
+        "in a child process with memory, CPU and file-write limits. Better: export the model "
+        "to ONNX or to a plain torch.export .pt2 (torch.export.save) and load that.",
+    )
+
+
+def unsafe_member_name(name: str) -> bool:
+    """An absolute name or one with '..' segments would land outside any folder it is
+    extracted to (zip slip)."""
+    parts = name.replace("\\", "/").split("/")
+    return name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in parts
+
+
+def check_pt2_archive(path: Path, trust_pickle: bool, trust_code: bool) -> None:
+    """Refuse what torch.export.load would execute or blow up on, before torch sees the file.
+
+    Reads only the zip directory and the small JSON payload configs: member names (zip slip,
+    compiled code), pickled payloads, and every tensor's declared size against the bytes the
+    archive really stores for it (torch allocates the declared shape for an empty record).
+    """
+    fix = "Re-save it with torch.export.save from a model you trust."
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            for info in infos:
+                if unsafe_member_name(info.filename):
+                    raise LeanifyError(
+                        f"holds an entry named '{info.filename}', which points outside the "
+                        "archive's folder; leanify refuses such archives.", path=path, fix=fix)
+            entries = {i.filename.split("/", 1)[1]: i for i in infos if "/" in i.filename}
+            code = [e for e in entries if e.startswith(CODE_DIRS) or e.endswith(CODE_SUFFIXES)]
+            if code and not trust_code:
+                raise refuse_code(path, f"This archive's entry '{code[0]}' (compiled model code)")
+            for config_name in sorted(e for e in entries if e.startswith(("data/weights/",
+                                       "data/constants/")) and e.endswith("_config.json")):
+                folder = config_name.rsplit("/", 1)[0]
+                _check_payloads(path, zf, entries, config_name, folder, trust_pickle)
+    except (zipfile.BadZipFile, OSError, KeyError) as exc:
+        raise LeanifyError(f"the archive is damaged ({exc}).", path=path,
+                           fix="Re-save or re-download the model.") from exc
+
+
+def _check_payloads(path: Path, zf: zipfile.ZipFile, entries: dict, config_name: str,
+                    folder: str, trust_pickle: bool) -> None:
+    bad = LeanifyError(f"has a damaged payload table '{config_name}'.", path=path,
+                       fix="Re-save it with torch.export.save.")
+    try:
+        table = loads_json(zf.read(entries[config_name]), path, f"entry '{config_name}'")["config"]
+        items = list(table.items())
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise bad from exc
+    for fqn, meta in items:
+        if not isinstance(meta, dict) or not isinstance(meta.get("path_name"), str):
+            raise bad
+        name = meta["path_name"]
+        if name.startswith(("custom_obj_", "opaque_obj_")):
+            raise LeanifyError(
+                f"stores '{fqn}' as a pickled Python object, which only a full unpickle "
+                "(it can run any code) reads; leanify never runs one, whatever the flags.",
+                path=path, fix="Export the model without custom objects (ONNX or a plain .pt2).")
+        if meta.get("use_pickle"):
+            if not trust_pickle:
+                raise refuse_pickle(path, f"The archive's tensor '{fqn}'")
+            continue  # read by torch.load, which weights_only_torch_load keeps weights-only
+        record = entries.get(f"{folder}/{name}")
+        stored = record.file_size if record is not None else 0
+        needed = _declared_bytes(meta.get("tensor_meta"))
+        if needed is not None and needed > stored:
+            raise LeanifyError(
+                f"declares tensor '{fqn}' of {needed:,} bytes, but the archive stores "
+                f"{stored:,} bytes for it; leanify refuses it before allocating anything.",
+                path=path, fix="The file is damaged or crafted: re-export the model.")
+
+
+def _declared_bytes(tensor_meta: object) -> int | None:
+    """Bytes a tensor's sizes, strides and offset reach into its storage; None when symbolic."""
+    if not isinstance(tensor_meta, dict):
+        return None
+    try:
+        sizes = [d["as_int"] for d in tensor_meta["sizes"]]
+        strides = [d["as_int"] for d in tensor_meta["strides"]]
+        offset = tensor_meta.get("storage_offset", {"as_int": 0})["as_int"]
+        element = ELEMENT_BYTES.get(int(tensor_meta["dtype"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if element is None or not all(isinstance(v, int) for v in (*sizes, *strides, offset)):
+        return None
+    if any(s == 0 for s in sizes):
+        return 0
+    reach = offset + sum((s - 1) * abs(st) for s, st in zip(sizes, strides, strict=False)) + 1
+    return max(reach, 0) * element
 
 
 def refuse_pickle(path: Path, what: str) -> LeanifyError:
@@ -164,7 +322,8 @@ def weights_only_torch_load(path: Path, trust_pickle: bool) -> Iterator[None]:
 
     torch.export.load falls back to weights_only=False (and plain pickle.loads) for some
     payloads. Inside this block those paths refuse, unless the user trusts the file, in which
-    case opaque objects may load but tensors still go through the weights-only reader.
+    case pickled tensors load, still through the weights-only reader. A full unpickle
+    (pickle.loads, torch's object unpickler) is refused whatever the flags.
     """
     import pickle
     from unittest import mock
@@ -178,15 +337,18 @@ def weights_only_torch_load(path: Path, trust_pickle: bool) -> Iterator[None]:
         try:
             return real_load(*args, **kwargs)
         except pickle.UnpicklingError as exc:
-            raise refuse_pickle(path, "part of this archive") from exc
+            if not trust_pickle:
+                raise refuse_pickle(path, "part of this archive") from exc
+            raise LeanifyError(
+                "holds a pickle that is more than tensors (a weights-only read refused it); "
+                "leanify never runs a full unpickle, --trust-pickle included.", path=path,
+                fix="Re-save the model with plain tensors (torch.export.save, ONNX).") from exc
 
     def refuse_loads(*_args, **_kwargs):
         raise refuse_pickle(path, "an object in this archive")
 
-    patches = [mock.patch("torch.load", safe_load)]
-    if not trust_pickle:
-        patches.append(mock.patch("pickle.loads", refuse_loads))
-        patches.append(mock.patch("torch._C._pickle_load_obj", refuse_loads))
+    patches = [mock.patch("torch.load", safe_load), mock.patch("pickle.loads", refuse_loads),
+               mock.patch("torch._C._pickle_load_obj", refuse_loads)]
     with contextlib.ExitStack() as stack:
         for patch in patches:
             stack.enter_context(patch)

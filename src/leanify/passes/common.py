@@ -21,7 +21,7 @@ from leanify.passes.registry import PassConfig, PassContext
 # facts later passes use: attention shape for the optimizer, fusions done for the report).
 CARRY_KEYS = ("task", "pooling", "normalize", "labels", "max_length",
               "model_type", "num_heads", "hidden_size", "fusions", "quantization", "runtime",
-              "run_with", "folded_inputs")
+              "run_with", "folded_inputs", "preprocess")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
                    "special_tokens_map.json")
 CHECK_SHAPE = (3, 24)  # the checks run a shape other than the export example's (2, 16)
@@ -44,7 +44,10 @@ def write_output(
     with ctx.output_dir(config, artifact) as out:
         filename, extra = build(out)
         carry_over(artifact, out, config, extra)
-    return load(final_path(out) / filename, name=f"{artifact.name}+{config.name}")
+    # leanify wrote this file itself from an input already accepted: a TorchScript output
+    # (export-torchscript) is its own code, not the user's
+    return load(final_path(out) / filename, name=f"{artifact.name}+{config.name}",
+                trust_code=True)
 
 
 def carry_over(artifact: Artifact, out: Path, config: PassConfig,
@@ -80,6 +83,14 @@ def check_batch(artifact: Artifact, ctx: PassContext | None = None,
     text, the last row is half padding."""
     from leanify.models.inputs import InputBuilder
 
+    if artifact.meta.get("preprocess") and ctx is not None and ctx.calibration is not None \
+            and ctx.sample is None:
+        # an image model: the user's own images (random pixels are far outside what the
+        # calibration saw, and a dynamic H/W would otherwise become seq_len pixels)
+        first = next(iter(ctx.calibration()), None)
+        if first is not None:
+            return {k: np.ascontiguousarray(np.asarray(v)[:batch_size])
+                    for k, v in first.items()}
     batch = InputBuilder(artifact, ctx.sample if ctx else None).batch(batch_size, seq_len)
     mask = batch.get("attention_mask")
     if mask is not None and mask.ndim == 2 and mask.shape[0] > 1 and mask.shape[1] > 2:

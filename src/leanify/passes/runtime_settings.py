@@ -95,7 +95,8 @@ def runtime_settings_pass(artifact: Artifact, config: RuntimeSettingsConfig,
             _link_or_copy(file, out / file.relative_to(root), ctx.work_dir)
         from leanify.models.load import load
 
-        candidate = load(out / artifact.path.name)
+        # a copy of an input already accepted (a TorchScript one needed --trust-code)
+        candidate = load(out / artifact.path.name, trust_code=True)
         candidate = replace(candidate, meta={**candidate.meta, "runtime": settings})
         runner = open_runner(candidate, ctx.threads)
         try:

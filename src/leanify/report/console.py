@@ -141,6 +141,9 @@ def _models_table(record: dict[str, Any], console: Console) -> None:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
+SERVABLE_TASKS = ("embedding-similarity", "text-classification")  # what leanify serve serves
+
+
 def render_optimize(record: dict[str, Any], console: Console, out_dir: Any) -> None:
     points = sorted({(p["batch_size"], p["seq_len"]) for c in record["candidates"]
                      for p in c.get("points", [])})
@@ -185,4 +188,7 @@ def render_optimize(record: dict[str, Any], console: Console, out_dir: Any) -> N
         ran = ", ".join(f"{k} {v}" for k, v in (chosen.get("runtime_settings") or {}).items())
         console.print(f"runtime: {chosen.get('runtime')}" + (f" ({ran})" if ran else ""),
                       highlight=False)
+        if record.get("task") in SERVABLE_TASKS:
+            console.print(f"serve it: leanify serve {out_dir} (dynamic batching; measure it "
+                          "with leanify loadtest)", highlight=False)
     console.print(f"report: {out_dir}/report.html · record: {out_dir}/leanify.json")

@@ -65,6 +65,10 @@ def render_optimize(record: dict[str, Any]) -> str:
     ]
     if selected:
         parts += ["<h2>Use the selected model</h2>", _snippet(record)]
+        if record.get("task") in ("embedding-similarity", "text-classification"):
+            parts.append("<p>Or serve it: <code>leanify serve RUN_FOLDER</code> (dynamic "
+                         "batching, a bounded queue, OpenAI-shaped endpoints), and measure "
+                         "it under load with <code>leanify loadtest</code>.</p>")
     parts += [
         "<h2>How this was measured</h2>",
         "<p class='small'>Accuracy on the evaluation split (the calibration split never "

@@ -31,6 +31,7 @@ from leanify.measure.bench import BenchSession, BenchSettings, Probe, Spawn, wri
 from leanify.measure.machine import machine_info, usable_cores
 from leanify.models.artifact import Artifact
 from leanify.models.load import load
+from leanify.models.safety import own_outputs, trusting_code
 from leanify.passes.registry import PassConfig, PassContext, run_pipeline
 from leanify.runlock import LOCK_NAME, RunLock
 from leanify.search.plan import Candidate, Training, plan
@@ -77,7 +78,9 @@ class OptimizeSettings:
     label_col: str | None = None
     score_col: str | None = None
     trust_pickle: bool = False
+    trust_code: bool = False  # TorchScript / compiled .pt2 members (see models/safety.py)
     sample: Path | None = None  # an input sample (.npz) for models without a tokenizer
+    preprocess: str | None = None  # image tasks: key=value,... or a JSON file (tasks/image.py)
     # --allow-training: prune + distill students on this unlabelled text (never the eval data)
     transfer_data: tuple[Path, ...] = ()
     training_budget_min: float | None = None  # None: no training
@@ -157,7 +160,10 @@ def optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
     deps = deps or Dependencies()
     folder = _RunFolder()
     try:
-        return _optimize(model, settings, progress, deps, folder)
+        # workers and passes inherit both: the user's choice, and that the candidates leanify
+        # writes under --out are its own (a TorchScript candidate made from safetensors)
+        with trusting_code(settings.trust_code), own_outputs(settings.out):
+            return _optimize(model, settings, progress, deps, folder)
     except LeanifyError:
         raise
     except KeyboardInterrupt:
@@ -185,7 +191,7 @@ def _optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
 
     task = tasks.get(settings.task)
     tick = progress or (lambda _d, _t, _w: None)
-    source = load(model, trust_pickle=settings.trust_pickle)
+    source = task.prepare(load(model, trust_pickle=settings.trust_pickle), settings.preprocess)
     # Everything that can be wrong with the input is checked before any long work.
     dataset = read_dataset(settings.data, settings.task, text_col=settings.text_col,
                            pair_cols=settings.pair_cols, label_col=settings.label_col,
@@ -230,9 +236,12 @@ def _optimize(model: str | os.PathLike | Artifact, settings: OptimizeSettings,
                              if settings.calibration_data else None),
         "calibration_rows": len(calibration), "evaluation_rows": len(evaluation),
         "sample": str(Path(settings.sample).resolve()) if settings.sample else None,
+        "preprocess": source.meta.get("preprocess"),
         "training": ({"data": [str(p) for p in training.data],
                       "data_sha256": [_file_sha(p) for p in training.data],
                       "budget_min": training.budget_min} if training else None),
+        # a run that allowed code is another run (absent when not: older runs keep their keys)
+        **({"trust_code": True} if settings.trust_code else {}),
     }
     # The folder is taken (locked) only now that every input was read and checked.
     out = folder.open(settings.out, source, settings)
@@ -576,6 +585,9 @@ def _evaluate_child(path: str, meta: dict[str, Any], dataset, task: str, threads
 
     artifact = load(path)
     artifact = replace(artifact, meta={**meta, **artifact.meta})
+    from leanify.sandbox import limit_for
+
+    limit_for(artifact)  # a candidate that asks for far more than its size stops here
     return _evaluate_here(artifact, dataset, task, threads, max_length, reference)
 
 
@@ -600,16 +612,25 @@ def _reference(source: Artifact, dataset, threads: int, max_length: int, target:
     if source.path is None:
         _reference_child(source, dataset, threads, max_length, target)
         return
-    _in_child(_reference_child, str(source.path), dataset, threads, max_length, target)
+    _in_child(_reference_child, str(source.path), dataset, threads, max_length, target,
+              source.meta)
 
 
 def _reference_child(source: Artifact | str, dataset, threads: int, max_length: int,
-                     target: str) -> None:
+                     target: str, meta: dict[str, Any] | None = None) -> None:
     import numpy as np
 
     from leanify.measure.evaluate import reference_outputs
 
     artifact = load(source)
+    if not isinstance(source, Artifact):
+        from leanify.sandbox import limit_for
+
+        limit_for(artifact)
+    if meta:  # what the task resolved for the source (image preprocessing)
+        from dataclasses import replace
+
+        artifact = replace(artifact, meta={**meta, **artifact.meta})
     arrays = reference_outputs(artifact, dataset, threads=threads, max_length=max_length)
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(target).with_suffix(".partial.npz")
@@ -765,6 +786,7 @@ def _finish(out: Path, source: Artifact, baseline: dict[str, Any], results: list
             "final_budget_s": settings.final_budget_s,
             "final_max_rounds": settings.final_max_rounds,
             "calibration_size": settings.calibration_size, "max_length": settings.max_length,
+            "trust_pickle": settings.trust_pickle, "trust_code": settings.trust_code,
         },
         "machine": machine,
         "versions": machine["versions"],
@@ -789,11 +811,12 @@ def _finish(out: Path, source: Artifact, baseline: dict[str, Any], results: list
 def _write_example_inputs(out: Path, source: Artifact, settings: OptimizeSettings) -> None:
     """An array model's snippet runs on OUT/example_inputs.npz: the user's sample, else the
     first .npz of the data."""
+    from leanify import tasks
     from leanify.report.snippet import EXAMPLE_INPUTS
     from leanify.tasks.text import is_text_model
 
-    if is_text_model(source):
-        return
+    if is_text_model(source) or "image" in tasks.get(settings.task).reads:
+        return  # an image model's snippet reads an image file, not arrays
     data = Path(settings.data)
     example = Path(settings.sample) if settings.sample else \
         (min(data.glob("*.npz"), default=None) if data.is_dir() else data)

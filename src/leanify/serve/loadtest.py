@@ -159,6 +159,8 @@ def summarize(outcomes: list[Outcome], rate: float, duration_s: float, wall_s: f
         "p50_ms": _round(p50), "p95_ms": _round(_pct(lat, 95)), "p99_ms": _round(_pct(lat, 99)),
         "max_ms": _round(max(lat) if lat else None),
         "rejected": rejected, "rejected_rate": round(rejected / n, 4) if n else 0.0,
+        "rejected_p95_ms": _round(_pct([o.latency_s * 1e3 for o in outcomes
+                                        if o.status == 429], 95)),
         "errors": errors, "error_rate": round(errors / n, 4) if n else 0.0,
         "error_kinds": sorted({o.error or str(o.status) for o in outcomes
                                if o.status != 429 and not 200 <= o.status < 300}),

@@ -33,7 +33,7 @@ class Source:
 
 
 def resolve(model: str | Path, *, tokenizer: str | None = None, trust_pickle: bool = False,
-            threads: int | None = None) -> Source:
+            trust_code: bool = False, threads: int | None = None) -> Source:
     """A run folder (its selected model) or anything `leanify.load` takes."""
     from leanify.models.load import load
 
@@ -53,11 +53,28 @@ def resolve(model: str | Path, *, tokenizer: str | None = None, trust_pickle: bo
                 path=record_file, fix="Serve the original model, or rerun optimize with "
                 "other targets.")
         artifact = load(path / selected["artifact"], tokenizer=tokenizer,
-                        trust_pickle=trust_pickle, name=selected.get("name"))
+                        trust_pickle=trust_pickle, trust_code=trust_code,
+                        name=selected.get("name"))
         measured = (record.get("settings") or {}).get("threads")
         return Source(artifact, str(selected.get("name") or path.name), threads or measured)
-    artifact = load(str(model), tokenizer=tokenizer, trust_pickle=trust_pickle)
+    artifact = load(str(model), tokenizer=tokenizer, trust_pickle=trust_pickle,
+                    trust_code=trust_code)
     return Source(artifact, artifact.name, threads)
+
+
+def serving_settings(artifact: Artifact) -> Artifact:
+    """ONNX Runtime's pool threads spin-wait after each run for the next one: in a benchmark
+    that wins a little, in a server they take the cores from the event loop that reads,
+    refuses and answers requests. Spinning is off unless the model's settings say otherwise."""
+    from dataclasses import replace
+
+    from leanify.runtimes import for_artifact
+
+    settings = dict(artifact.meta.get("runtime") or {})
+    if for_artifact(artifact).name != "onnxruntime" or "allow_spinning" in settings:
+        return artifact
+    return replace(artifact, meta={**artifact.meta,
+                                   "runtime": {**settings, "allow_spinning": False}})
 
 
 class ServedModel:
@@ -81,7 +98,7 @@ class ServedModel:
         from leanify.runtimes import open_runner
         from leanify.tasks.text import effective_max_length, tokenizer_folder
 
-        artifact = source.artifact
+        artifact = serving_settings(source.artifact)
         self.check(artifact)
         self.artifact = artifact
         self.name = source.name

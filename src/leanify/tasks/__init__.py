@@ -10,7 +10,8 @@ import importlib
 from leanify.errors import LeanifyError
 from leanify.tasks.base import Columns, EvalSettings, Metric, Task
 
-MODULES = ("embedding_similarity", "text_classification", "fidelity", "perplexity")
+MODULES = ("embedding_similarity", "text_classification", "fidelity", "image_classification",
+           "image_fidelity", "perplexity")
 
 _TASKS: dict[str, Task] = {}
 

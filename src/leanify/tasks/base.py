@@ -93,6 +93,17 @@ class Task:
                 f"{self.min_rows}.", path=dataset.path,
                 fix="Give more rows (a few hundred for a stable score).")
 
+    # --- the model, as this task feeds it -------------------------------------------------
+
+    def prepare(self, artifact: Artifact, options: str | None = None) -> Artifact:
+        """The artifact with what this task resolved about feeding it in its meta (image
+        preprocessing), so that candidates built from it are fed the same way; `options`
+        are the user's declarations (--preprocess). Most tasks need nothing."""
+        if options:
+            raise LeanifyError(f"task '{self.name}' takes no --preprocess options.",
+                               fix="Leave --preprocess out (it is for image tasks).")
+        return artifact
+
     # --- checks before any model runs ------------------------------------------------------
 
     def check(self, artifact: Artifact, dataset: Dataset) -> None:

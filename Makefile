@@ -7,14 +7,17 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.leanify-installed
 LOCK   := requirements.lock
+# packages installed without their declared dependencies (see the file for why)
+NODEPS := requirements-nodeps.txt
 
 .PHONY: demo test lint lock clean
 
-$(STAMP): pyproject.toml $(LOCK)
+$(STAMP): pyproject.toml $(LOCK) $(NODEPS)
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "leanify needs Python 3.11+"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -r $(NODEPS)
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 

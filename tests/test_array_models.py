@@ -114,15 +114,9 @@ def test_the_snippet_of_a_specialized_model_runs_without_leanify(silero_onnx, si
                 "runtime_settings": {"intra_op_num_threads": 1}}
     code = usage_snippet(out, selected, "fidelity", threads=1)
     assert "assert feeds.get('sr', 16000) == 16000" in code
-    script = out / "snippet.py"
-    script.write_text(code + "\nnp.save('snippet_out.npy', outputs)\n")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    run = subprocess.run([sys.executable, "-I", str(script)], cwd=out, capture_output=True,
-                         text=True, timeout=120, env=env)
-    assert run.returncode == 0, run.stderr[-2000:]
     assert "leanify" not in code.replace("leanify_model", "")
     want = open_runner(source, 1).run(InputBuilder(source, sample).batch(1, 512))["output"]
-    np.testing.assert_allclose(np.load(out / "snippet_out.npy"), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_run_snippet(code, out), want, rtol=1e-5, atol=1e-6)
 
 
 def test_the_snippet_of_a_one_thread_torchscript_model_runs_without_leanify(
@@ -149,12 +143,17 @@ def test_the_snippet_of_a_one_thread_torchscript_model_runs_without_leanify(
                 "runtime": "torchscript", "runtime_settings": {"num_threads": 1}}
     code = usage_snippet(out, selected, "fidelity", threads=2)
     assert "torch.set_num_threads(1)" in code
-    script = out / "snippet.py"
+    want = open_runner(source, 1).run(InputBuilder(source, sample).batch(1, 512))
+    np.testing.assert_allclose(_run_snippet(code, out), next(iter(want.values())), rtol=1e-5,
+                               atol=1e-6)
+
+
+def _run_snippet(code: str, folder):
+    """The snippet's outputs, run in a fresh interpreter without leanify on the path."""
+    script = folder / "snippet.py"
     script.write_text(code + "\nnp.save('snippet_out.npy', outputs)\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    run = subprocess.run([sys.executable, "-I", str(script)], cwd=out, capture_output=True,
+    run = subprocess.run([sys.executable, "-I", str(script)], cwd=folder, capture_output=True,
                          text=True, timeout=120, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
-    want = open_runner(source, 1).run(InputBuilder(source, sample).batch(1, 512))
-    np.testing.assert_allclose(np.load(out / "snippet_out.npy"), next(iter(want.values())),
-                               rtol=1e-5, atol=1e-6)
+    return np.load(folder / "snippet_out.npy")

@@ -4,6 +4,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,12 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def port() -> Callable[[], int]:
+    """A free loopback port each call."""
+    return free_port
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 
 
-def test_two_ray_replicas_serve_the_same_endpoints_and_stop_cleanly(text_onnx):
+def test_two_ray_replicas_serve_the_same_endpoints_and_stop_cleanly(text_onnx, port):
     import socket
 
     from leanify.models.load import load

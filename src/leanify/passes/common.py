@@ -4,6 +4,7 @@ checks, a real batch for output checks, and output comparisons."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -164,3 +165,16 @@ def check_agreement(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]
             fix="Try another exporter or opset, or loosen the pass's atol if you accept this.",
         )
     return diffs
+
+
+def link_or_copy(src: Path, dst: Path, work_dir: Path) -> None:
+    """Hard links for files leanify made (a settings variant of a multi-GB model then costs no
+    disk; they are never written again); copies of the user's own files, never links."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.resolve().is_relative_to(Path(work_dir).resolve()):
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)

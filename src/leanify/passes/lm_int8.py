@@ -14,8 +14,6 @@ gate (perplexity) judges it afterwards like every candidate.
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,7 +21,13 @@ from typing import Any, ClassVar
 from leanify.errors import LeanifyError
 from leanify.models.artifact import Artifact
 from leanify.models.files import SIDECAR
-from leanify.passes.common import check_batch, mean_cosine, require_format, write_output
+from leanify.passes.common import (
+    check_batch,
+    link_or_copy,
+    mean_cosine,
+    require_format,
+    write_output,
+)
 from leanify.passes.registry import PassConfig, PassContext, register
 
 SETTING = {"weights": "int8-dynamic"}
@@ -56,7 +60,7 @@ def lm_int8_dynamic(artifact: Artifact, config: LMInt8DynamicConfig,
         for file in artifact.files():
             if file.name == SIDECAR:
                 continue  # carry_over writes this folder's own
-            _link_or_copy(file, out / file.relative_to(artifact.path), ctx.work_dir)
+            link_or_copy(file, out / file.relative_to(artifact.path), ctx.work_dir)
         from leanify.models.load import load
 
         candidate = load(out)
@@ -81,16 +85,3 @@ def _logits(runner: Any, batch: dict[str, Any]) -> dict[str, Any]:
         return {"logits": out["logits"]}
     finally:
         runner.close()
-
-
-def _link_or_copy(src: Path, dst: Path, work_dir: Path) -> None:
-    """Hard links for files leanify made (no second copy of the weights); the user's own
-    files are copied, never linked."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if src.resolve().is_relative_to(Path(work_dir).resolve()):
-        try:
-            os.link(src, dst)
-            return
-        except OSError:
-            pass
-    shutil.copy2(src, dst)

@@ -17,15 +17,13 @@ ran is recorded beside the settings.
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 from leanify.errors import LeanifyError
 from leanify.models.artifact import Artifact
-from leanify.passes.common import check_batch, mean_cosine, write_output
+from leanify.passes.common import check_batch, link_or_copy, mean_cosine, write_output
 from leanify.passes.registry import PassConfig, PassContext, register
 from leanify.runtimes import check_settings, for_artifact
 from leanify.runtimes.openvino import padding_problem
@@ -49,19 +47,6 @@ class RuntimeSettingsConfig(PassConfig):
     def settings(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if f.name != "min_cosine" and getattr(self, f.name) is not None}
-
-
-def _link_or_copy(src: Path, dst: Path, work_dir: Path) -> None:
-    """Hard links for files leanify made (a settings variant of a multi-GB model then costs no
-    disk; they are never written again); copies of the user's own files, never links."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if src.resolve().is_relative_to(work_dir.resolve()):
-        try:
-            os.link(src, dst)
-            return
-        except OSError:
-            pass
-    shutil.copy2(src, dst)
 
 
 @register(RuntimeSettingsConfig)
@@ -92,7 +77,7 @@ def runtime_settings_pass(artifact: Artifact, config: RuntimeSettingsConfig,
     def build(out: Path) -> tuple[str, dict[str, Any]]:
         root = artifact.path.parent
         for file in artifact.files():  # the model file and its weights/external data
-            _link_or_copy(file, out / file.relative_to(root), ctx.work_dir)
+            link_or_copy(file, out / file.relative_to(root), ctx.work_dir)
         from leanify.models.load import load
 
         # a copy of an input already accepted (a TorchScript one needed --trust-code)

@@ -130,7 +130,7 @@ def test_the_snippet_of_a_one_thread_torchscript_model_runs_without_leanify(
     from leanify.runtimes import open_runner
 
     _, _, _, sample = silero_data
-    source = load(silero_jit)
+    source = load(silero_jit, trust_code=True)
     ctx = PassContext(work_dir=tmp_path / "work", threads=2, sample=sample)
     art = apply(source, make_config("runtime-settings", num_threads=1), ctx)
     runner = open_runner(art, 2)

@@ -85,25 +85,13 @@ BATCH_ONLY = frozenset({"openvino-int8-throughput"})
 SPECIALIZED_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
     ("onnx-specialized", [("specialize-inputs", {})]),
     ("onnx-specialized-int8-dynamic", [("specialize-inputs", {}), ("quantize-dynamic", {})]),
-    ("onnx-specialized-1-thread", [("specialize-inputs", {}),
-                                   ("runtime-settings", {"intra_op_num_threads": 1})]),
 ]
 # TorchScript archives that neither ONNX export nor torch.export can take (scripted control
 # flow): frozen for inference, and also with oneDNN convolutions and folded batch norms.
 TORCHSCRIPT_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
     ("torchscript-frozen", [("freeze-torchscript", {})]),
     ("torchscript-optimized", [("freeze-torchscript", {"optimize_for_inference": True})]),
-    ("torchscript-1-thread", [("runtime-settings", {"num_threads": 1})]),
-    ("torchscript-frozen-1-thread", [("freeze-torchscript", {}),
-                                     ("runtime-settings", {"num_threads": 1})]),
 ]
-# Small array models called one row at a time (a VAD on 32 ms chunks): waking a second thread
-# for sub-millisecond ops can cost more than it gives (silero-vad's TorchScript at batch 1 ran
-# about 1.2x faster on one thread than on two, paired in one process). One thread also leaves
-# the other cores to other requests. Planned only where there are threads to give up and
-# batch 1 is measured.
-ONE_THREAD = frozenset({"onnx-specialized-1-thread", "torchscript-1-thread",
-                        "torchscript-frozen-1-thread"})
 # Image models (an image task resolved their preprocessing: meta "preprocess"): no text
 # recipes. Static int8 from the user's calibration images, per channel (dynamic int8 runs
 # ConvInteger, slow on convolutions): ORT QDQ U8S8 with convolution and elementwise outputs
@@ -183,10 +171,6 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _usable_cores() -> int:
-    from leanify.measure.machine import usable_cores
-
-    return usable_cores()
 def is_image_model(artifact: Artifact) -> bool:
     return bool(artifact.meta.get("preprocess"))
 
@@ -297,8 +281,6 @@ def plan(artifact: Artifact, *, only: list[str] | None = None, calibration: bool
             continue
         pipeline = tuple(make_config(step, **params) for step, params in steps)
         out.append(Candidate(name, pipeline, needs_calibration=static))
-    if min(batch_sizes, default=1) > 1 or _usable_cores() < 2:
-        out = [c for c in out if c.name not in ONE_THREAD]
     if only == ["all"]:
         only = None
     elif not only:

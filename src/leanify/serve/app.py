@@ -271,9 +271,8 @@ def create_app(source: Source, limits: Limits, *, api_key: str | None = None,
         return JSONResponse(_error_body(exc.message, exc.kind, exc.status), exc.status,
                             headers=exc.headers)
 
-    @app.middleware("http")
     async def auth(request: Request, call_next):
-        if api_key and request.url.path not in OPEN_PATHS:
+        if request.url.path not in OPEN_PATHS:
             given = request.headers.get("authorization", "")
             given = given[7:] if given.lower().startswith("bearer ") else \
                 request.headers.get("x-api-key", "")
@@ -283,6 +282,9 @@ def create_app(source: Source, limits: Limits, *, api_key: str | None = None,
                                         {"WWW-Authenticate": "Bearer"}, reason="unauthorized"),
                               request.url.path)
         return await call_next(request)
+
+    if api_key:  # a middleware costs every request: only where there is a key to check
+        app.middleware("http")(auth)
 
     async def route(request: Request, endpoint: str, kind: str):
         start = time.perf_counter()

@@ -10,7 +10,7 @@ LOCK   := requirements.lock
 # packages installed without their declared dependencies (see the file for why)
 NODEPS := requirements-nodeps.txt
 
-.PHONY: demo test lint lock clean
+.PHONY: demo test test-acceptance lint lock clean
 
 $(STAMP): pyproject.toml $(LOCK) $(NODEPS)
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "leanify needs Python 3.11+"'
@@ -30,6 +30,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
+
+# earlier issues' end-to-end acceptance runs (real MiniLM doctor and optimize, the doctor's
+# claim replayed, the full STS-B scorer check): tens of minutes, left out of `make test`
+test-acceptance: $(STAMP)
+	$(BIN)/python -m pytest -q -m acceptance
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

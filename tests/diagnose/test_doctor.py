@@ -135,6 +135,7 @@ def test_terminal_and_html_reports(hf_run):
 
 
 @pytest.mark.slow  # every optimize candidate on the tiny model: minutes on 2 busy cores
+@pytest.mark.acceptance
 def test_recommended_command_delivers_its_claim(hf_run, tmp_path):
     """Run the command the doctor recommends, exactly as printed, and check its claim.
 

@@ -24,6 +24,7 @@ def minilm_doctor(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.acceptance
 def test_minilm_record_within_four_minutes(minilm_doctor):
     proc, tmp = minilm_doctor
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -117,6 +117,7 @@ def test_sts_subset_matches_independent_computation(minilm, minilm_path, sts_tes
     assert metric.value == pytest.approx(independent, abs=0.01)
 
 
+@pytest.mark.acceptance
 def test_full_sts_test_reference(minilm, sts_test):
     metric = evaluate(minilm, sts_test, "embedding-similarity")
     assert len(sts_test) == 1379

@@ -118,7 +118,9 @@ def test_pt2_declaring_a_huge_weight_is_refused_before_allocating(tiny_pt2, tmp_
     assert code == 2, stderr
     assert f"'{name}'" in stderr and "3,000,000,000 bytes" in stderr
     assert time.perf_counter() - t0 < 60
-    assert peak_mb < 1000, peak_mb  # the CLI process and any child it waited for
+    # the CLI process and any child it waited for, within the bound (2 GB): 3 GB of
+    # zeros never came to exist (seen: under 1 GB here, 1.8 GB once on a fresh CI machine)
+    assert peak_mb < 2000, peak_mb
 
 
 def test_config_with_absurd_depth_is_refused_within_seconds(tiny_hf, tmp_path):

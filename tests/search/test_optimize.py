@@ -126,6 +126,7 @@ def test_resume_with_other_settings_is_refused(minilm_run):
     assert proc.returncode == 2 and "batch_sizes" in proc.stderr
 
 
+@pytest.mark.acceptance
 def test_impossible_target_ends_cleanly_and_explains(tmp_path, minilm_run):
     _, _, data = minilm_run
     out = tmp_path / "impossible"

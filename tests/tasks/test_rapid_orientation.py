@@ -76,6 +76,7 @@ def test_int8_keeps_top1_and_the_gate_judges_its_speed(rapid_model, pages, tmp_p
           + ", ".join(f"bs {p['batch_size']}: {p['speedup']:.2f}x" for p in selected["points"]))
 
 
+@pytest.mark.acceptance
 def test_image_fidelity_needs_no_labels(rapid_model, pages, tmp_path):
     _, calibration = pages  # any images: their class folders are not read
     out = tmp_path / "run"

@@ -105,6 +105,7 @@ def test_optimize_refuses_training_on_the_evaluation_data(tmp_path):
                          training_budget_min=5).check()
 
 
+@pytest.mark.acceptance
 def test_optimize_with_training_measures_a_student(tiny_hf, tmp_path):
     out = tmp_path / "run"
     data = tmp_path / "eval.txt"

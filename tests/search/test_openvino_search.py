@@ -151,6 +151,7 @@ def stsb_rows(tmp_path: Path, rows: int) -> Path:
     return path
 
 
+@pytest.mark.acceptance
 def test_optimize_records_runtime_and_precision(tiny_hf, tmp_path):
     """On a model this small PyTorch's per-call overhead dominates the baseline: openvino-fp32
     runs several times faster at both points (int8 may not: its quantize steps cost more than

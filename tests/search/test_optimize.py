@@ -142,6 +142,7 @@ def test_impossible_target_ends_cleanly_and_explains(tmp_path, minilm_run):
     assert (out / record["selected"]["artifact"]).exists()
 
 
+@pytest.mark.acceptance
 def test_a_candidate_over_max_drop_is_never_selected(tmp_path, minilm_run):
     _, _, data = minilm_run
     out = tmp_path / "strict"

@@ -15,15 +15,12 @@ import numpy as np
 
 
 def test_two_ray_replicas_serve_the_same_endpoints_and_stop_cleanly(text_onnx, port):
-    import socket
 
     from leanify.models.load import load
     from leanify.runtimes import open_runner
     from leanify.tasks.text import embed
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = port()
     url = f"http://127.0.0.1:{port}"
     # Ray's socket paths must stay under 108 bytes: a short folder of its own
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")

@@ -90,11 +90,7 @@ class Fidelity(Task):
             array, kind = text.outputs(runner, artifact, dataset.all_texts(),
                                        settings.batch_size, settings.max_length)
             return {"outputs": array, "kind": np.array(kind)}
-        ref: dict[str, np.ndarray] = {}
-        for i, batch in enumerate(self.batches(artifact, dataset, settings)):
-            for name, value in runner.run(batch).items():
-                ref[f"{i}/{name}"] = np.asarray(value)
-        return ref
+        return outputs_per_batch(runner, self.batches(artifact, dataset, settings))
 
     def score(self, runner: Any, artifact: Artifact, dataset: Dataset, settings: EvalSettings,
               reference: dict[str, np.ndarray] | None = None) -> Metric:
@@ -246,3 +242,13 @@ def read_arrays(path: Path, task: str) -> Dataset:
 
 
 TASK = Fidelity()
+
+
+def outputs_per_batch(runner: Any, batches: Any) -> dict[str, np.ndarray]:
+    """Every output of every batch, keyed "batch index/output name": a reference to compare
+    a candidate's outputs with, batch by batch."""
+    ref: dict[str, np.ndarray] = {}
+    for i, batch in enumerate(batches):
+        for name, value in runner.run(batch).items():
+            ref[f"{i}/{name}"] = np.asarray(value)
+    return ref

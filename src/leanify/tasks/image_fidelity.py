@@ -51,11 +51,9 @@ class ImageFidelity(Task):
 
     def reference(self, runner: Any, artifact: Artifact, dataset: Dataset,
                   settings: EvalSettings) -> dict[str, np.ndarray]:
-        ref: dict[str, np.ndarray] = {}
-        for i, batch in enumerate(self.batches(artifact, dataset, settings)):
-            for name, value in runner.run(batch).items():
-                ref[f"{i}/{name}"] = np.asarray(value)
-        return ref
+        from leanify.tasks.fidelity import outputs_per_batch
+
+        return outputs_per_batch(runner, self.batches(artifact, dataset, settings))
 
     def score(self, runner: Any, artifact: Artifact, dataset: Dataset, settings: EvalSettings,
               reference: dict[str, np.ndarray] | None = None) -> Metric:

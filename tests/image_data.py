@@ -151,3 +151,31 @@ def colour_images(folder: Path, per_class: int, seed: int, size: int = 48,
             Image.fromarray(img.astype(np.uint8)).save(target / f"{name}_{i}.png",
                                                        compress_level=1)
     return folder
+
+
+# --- photos ------------------------------------------------------------------------------
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry",
+          "hubble_deep_field", "retina", "colorwheel", "logo")  # files inside scikit-image
+
+
+def photo_crops(folder: Path, per_photo: int = 4, size: int = 48, seed: int = 0) -> Path:
+    """Square crops of scikit-image's colour photographs (a cat, an astronaut, a rocket,
+    coffee...), resized to `size`: unlabelled natural images, as PNG files."""
+    from PIL import Image
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    i = 0
+    for name in PHOTOS:
+        img = getattr(data, name)()
+        img = np.stack([img] * 3, axis=2) if img.ndim == 2 else img[..., :3]
+        h, w = img.shape[:2]
+        for _ in range(per_photo):
+            side = int(rng.integers(min(h, w) // 3, min(h, w)))
+            y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+            crop = Image.fromarray(np.ascontiguousarray(img[y:y + side, x:x + side]))
+            crop.resize((size, size)).save(folder / f"{i:03d}.png")
+            i += 1
+    return folder

@@ -217,8 +217,9 @@ def optimize(
 ) -> None:
     """Find the fastest model that keeps its accuracy: export, optimize, quantize, measure.
 
-    Exit code 0 when a model was selected and meets every target; 3 when the run finished but
-    no candidate passed the gates or the targets were missed (the best so far is kept).
+    Exit code 0 when a model was selected and meets every target (or, when no candidate was
+    faster, the original meets them and is kept); 3 when the run finished but no candidate
+    passed the gates or the targets were missed (the best so far is kept).
     """
     from leanify.search.optimize import OptimizeSettings
     from leanify.search.optimize import optimize as run_optimize

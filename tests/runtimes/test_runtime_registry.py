@@ -17,7 +17,7 @@ from leanify.models.load import load
 def test_every_runtime_module_registers_one_runtime():
     found = runtimes.all_runtimes()
     assert list(found) == ["onnxruntime", "openvino", "torch-eager", "torchscript",
-                           "torch-export", "torch-generate"]
+                           "torch-export", "torch-generate", "keras", "litert"]
     assert len(runtimes.MODULES) == len(found)
     for runtime in found.values():
         assert runtime.formats and runtime.version(), runtime.name
@@ -28,8 +28,10 @@ def test_a_format_has_a_default_runtime():
     assert runtimes.default_for("onnx").name == "onnxruntime"
     assert runtimes.default_for("openvino").name == "openvino"
     assert runtimes.default_for("hf").name == "torch-eager"
-    with pytest.raises(LeanifyError, match="no runtime runs models of format 'tflite'"):
-        runtimes.default_for("tflite")
+    assert runtimes.default_for("keras").name == "keras"
+    assert runtimes.default_for("tflite").name == "litert"
+    with pytest.raises(LeanifyError, match="no runtime runs models of format 'coreml'"):
+        runtimes.default_for("coreml")
 
 
 def test_an_onnx_file_run_by_openvino(tiny_onnx, tmp_path, example_batch):

@@ -341,3 +341,35 @@ def test_an_internal_error_outside_a_run_folder_is_saved_to_a_temp_file(capsys):
     path = next(w for w in err.replace(";", " ").split() if "leanify-crash-" in w)
     assert "Traceback" in Path(path).read_text() and "math domain error" in err
     Path(path).unlink()
+
+
+def test_when_nothing_is_faster_the_original_is_kept_and_the_run_succeeds(tmp_path, source,
+                                                                          data):
+    SCRIPT.metric.update(same=82.0, lossy=80.0)
+    SCRIPT.trial_speedup.update(same=0.95, lossy=2.0)  # exact but slower; fast but lossy
+    before = source.sha256()
+    out = tmp_path / "run"
+    record = optimize(source, settings_for(data, out), deps=deps_for(["same", "lossy"]))
+    assert not candidate(record, "same")["accepted"] and not candidate(record, "lossy")[
+        "accepted"]
+    assert record["selected"]["name"] == "original" and record["targets_met"] is True
+    assert record["verdict"].startswith("Keep your model"), record["verdict"]
+    assert "not faster" in record["verdict"] and "accuracy gate" in record["verdict"]
+    # an unchanged copy of the model and what sits beside it, never the rest of its folder
+    (source.path.parent / "unrelated.bin").write_bytes(b"x")
+    assert record["selected"]["sha256"] == before == source.sha256()
+    copied = sorted(p.name for p in (out / "model").iterdir())
+    assert copied == ["source.onnx", "tokenizer.json"]
+    assert record["selected"]["snippet"]
+
+
+def test_the_original_is_not_kept_when_it_misses_a_target_or_nothing_keeps_accuracy(
+        tmp_path, source, data):
+    SCRIPT.metric.update(same=82.0, lossy=80.0)
+    SCRIPT.trial_speedup.update(same=0.95, lossy=2.0)
+    too_slow = optimize(source, settings_for(data, tmp_path / "a", targets=Targets(
+        max_latency_ms=BASE_MS / 2)), deps=deps_for(["same"]))
+    assert too_slow["selected"] is None and too_slow["targets_met"] is False
+    assert too_slow["verdict"].startswith("No candidate passed")
+    lossy_only = optimize(source, settings_for(data, tmp_path / "b"), deps=deps_for(["lossy"]))
+    assert lossy_only["selected"] is None and not (tmp_path / "b" / "model").exists()

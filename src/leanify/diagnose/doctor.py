@@ -23,7 +23,7 @@ from typing import Any
 from leanify.diagnose import context as ctxmod
 from leanify.diagnose import inventory, latency
 from leanify.diagnose.common import in_child
-from leanify.diagnose.probes import Sections, onnx_probe, torch_probe
+from leanify.diagnose.probes import Sections, onnx_probe, runtime_probe, torch_probe
 from leanify.diagnose.verdict import decide
 from leanify.errors import LeanifyError
 from leanify.measure.machine import cpu_busy_fraction, machine_info, usable_cores
@@ -32,7 +32,8 @@ from leanify.models.load import load
 from leanify.models.safety import trusting_code
 
 SCHEMA_VERSION = 1
-TORCH_FORMATS = ("hf", "torchscript", "pt2", "torch-module")
+TORCH_FORMATS = ("hf", "torchscript", "pt2", "torch-module", "keras")
+EXPORTED = ("hf", "torch-module", "keras")  # exported to ONNX for the runtime comparison
 HEAVY_MS = 1000.0  # a typical run slower than this: fewer curve points
 Progress = Callable[[int, int, str], None]
 
@@ -121,6 +122,16 @@ def _sample(texts: list[str], n: int) -> list[str]:
         return list(texts)
     step = len(texts) / n
     return [texts[int(i * step)] for i in range(n)]
+
+
+def _has_image_input(artifact: Artifact) -> bool:
+    from leanify.tasks.image import image_input
+
+    try:
+        image_input(artifact)
+    except LeanifyError:
+        return False
+    return True
 
 
 def _fixed_dims(artifact: Artifact, sample: Path | None = None
@@ -213,8 +224,10 @@ def _doctor(model: str | os.PathLike | Artifact, settings: DoctorSettings,
     elif texts and artifact.tokenizer_path is None:
         record["warnings"].append("the model has no tokenizer files, so --data could not be "
                                   "tokenized: pass --tokenizer DIR for the context analysis")
-    if not sequence:
-        seq = fixed_length or 1
+    if not sequence:  # the length label bench gives the point (a static image's size)
+        from leanify.measure.workload import points
+
+        seq = fixed_length or points(artifact, [1], [1], settings.sample)[0][1]
     elif fixed[1] is not None:
         seq = fixed[1]
     elif stats:
@@ -229,7 +242,7 @@ def _doctor(model: str | os.PathLike | Artifact, settings: DoctorSettings,
         "trust_code": settings.trust_code,
         "latency_budget_ms": settings.latency_budget_ms,
         "memory_budget_mb": settings.memory_budget_mb, "quick": settings.quick,
-        "threads": threads, "sequence": sequence,
+        "threads": threads, "sequence": sequence, "image_input": _has_image_input(artifact),
         "typical": {"batch_size": typical[0], "seq_len": typical[1]},
         "typical_rule": ("batch 1 × the data's 95th-percentile token length (rounded up to a "
                          "multiple of 8, capped at the model's maximum)" if stats else
@@ -260,15 +273,18 @@ def _doctor(model: str | os.PathLike | Artifact, settings: DoctorSettings,
                    "sample": str(settings.sample) if settings.sample else None}
     with tempfile.TemporaryDirectory(prefix="leanify-doctor-") as scratch:
         say("profiling, FLOPs, weights and activations"
-            if artifact.format in TORCH_FORMATS else "profiling and quantization sensitivity")
+            if artifact.format in TORCH_FORMATS else "profiling and quantization sensitivity"
+            if artifact.format == "onnx" else "the model's outputs")
         if artifact.format in TORCH_FORMATS:
-            req["export_dir"] = scratch if artifact.format in ("hf", "torch-module") else None
+            req["export_dir"] = scratch if artifact.format in EXPORTED else None
             if artifact.format == "torch-module":
                 result = torch_probe({**req, "artifact": artifact})
             else:
                 result = in_child(torch_probe, req)
-        else:
+        elif artifact.format == "onnx":
             result = in_child(onnx_probe, {**req, "profile": True, "sensitivity": True})
+        else:  # OpenVINO IR, TFLite: no profiler leanify reads; outputs and timings only
+            result = in_child(runtime_probe, req)
         _merge(record, result, parent)
         heavy = (record.get("profile") or {}).get("ms_per_run", 0) > HEAVY_MS
         batches, seqs = _plan_points(sequence, typical, max_len, stats, settings.quick, heavy,
@@ -287,7 +303,7 @@ def _doctor(model: str | os.PathLike | Artifact, settings: DoctorSettings,
         if lat.get("runtimes") is None:
             lat["runtimes_note"] = (
                 "the model already runs in ONNX Runtime" if artifact.format == "onnx" else
-                f"leanify exports Hugging Face folders and modules to ONNX; a "
+                f"leanify exports Hugging Face folders, Keras files and modules to ONNX; a "
                 f"{artifact.format} file is not compared" if not exported else
                 "the comparison did not finish")
         typ_p50 = next((p["p50_ms"] for p in lat.get("curve", {}).get("points", [])

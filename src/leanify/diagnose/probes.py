@@ -143,6 +143,30 @@ def torch_probe(req: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def runtime_probe(req: dict[str, Any]) -> dict[str, Any]:
+    """A model whose runtime leanify has no profiler for (OpenVINO IR, TFLite): its outputs."""
+    from leanify.diagnose import inventory
+    from leanify.runtimes import for_artifact, open_runner
+    from leanify.sandbox import limit_for
+
+    sections = Sections()
+    out = sections.out
+    artifact = _artifact(req)
+    limit_for(artifact)
+    out["inventory"] = inv = {}
+    with sections.run("signature"):
+        runner = open_runner(artifact, req["threads"])
+        try:
+            inv["outputs"] = inventory.outputs_of(runner.run(_typical_batch(artifact, req)))
+        finally:
+            runner.close()
+    out["sections"]["profile"] = {
+        "status": "skipped", "seconds": 0.0,
+        "reason": f"leanify reads no per-operator profile from {for_artifact(artifact).name}; "
+                  "the latency curve and thread scaling below are measured"}
+    return out
+
+
 def onnx_probe(req: dict[str, Any]) -> dict[str, Any]:
     from leanify.diagnose import inventory, profile, sensitivity
     from leanify.diagnose.common import weight_matrices

@@ -23,7 +23,7 @@ MEMORY_SHARE = 0.8
 SLOWER_WITH_THREADS = 0.8  # all cores this much slower than one: a system problem
 MARGIN = 0.8  # claim a budget is met only with 20% to spare
 INT8_FACTOR = 2.0  # estimated speed-up of int8 on the variable (non-overhead) part
-OPTIMIZE_FORMATS = ("hf", "onnx")  # optimize exports, fuses and quantizes these
+OPTIMIZE_FORMATS = ("hf", "onnx", "keras")  # optimize exports, fuses and quantizes these
 CLAIM_FORMATS = (*OPTIMIZE_FORMATS, "torchscript")  # optimize takes these
 
 
@@ -326,8 +326,11 @@ def _claim(record: dict[str, Any], b: dict[str, Any], typ: float | None,
     if record["settings"].get("memory_budget_mb"):
         targets["--max-memory-mb"] = record["settings"]["memory_budget_mb"]
     sample = record["settings"].get("sample")
-    argv = ["leanify", "optimize", model_ref, "--task", task or "fidelity",
-            "--data", data_ref or ("YOUR_NPZ_FOLDER" if sample else "YOUR_DATA.csv")]
+    image = record["settings"].get("image_input") and not sample
+    argv = ["leanify", "optimize", model_ref,
+            "--task", task or ("image-fidelity" if image else "fidelity"),
+            "--data", data_ref or ("YOUR_NPZ_FOLDER" if sample else
+                                   "YOUR_IMAGES_DIR" if image else "YOUR_DATA.csv")]
     if sample:  # an array model: the same sample runs in optimize's checks and timings
         argv += ["--sample", sample]
     if record["settings"].get("trust_code"):  # the user trusted this file's code already

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Format = Literal["hf", "onnx", "torchscript", "pt2", "torch-module", "openvino"]
-FORMATS: tuple[str, ...] = ("hf", "onnx", "torchscript", "pt2", "torch-module", "openvino")
+Format = Literal["hf", "onnx", "torchscript", "pt2", "torch-module", "openvino", "keras",
+                 "tflite"]
+FORMATS: tuple[str, ...] = ("hf", "onnx", "torchscript", "pt2", "torch-module", "openvino",
+                            "keras", "tflite")
 
 
 @dataclass(frozen=True)

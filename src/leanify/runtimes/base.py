@@ -115,6 +115,7 @@ class Runtime:
     snippet: Callable[[str, dict[str, Any], int], list[str]] | None = None
     extra: str = ""  # the leanify extra that installs it
     generates: bool = False  # its Runner has generate(ids, new_tokens): causal LMs' decode loop
+    importer: Callable[[], Any] | None = None  # imports `module` where a plain import cannot
 
     def version(self) -> str | None:
         from importlib.metadata import PackageNotFoundError, version
@@ -125,7 +126,7 @@ class Runtime:
             return None
 
     def load_module(self) -> Any:
-        return importlib.import_module(self.module)
+        return self.importer() if self.importer else importlib.import_module(self.module)
 
 
 def check_settings(runtime: Runtime, settings: Mapping[str, Any], path: Any = None) -> None:

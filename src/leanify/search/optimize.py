@@ -30,10 +30,12 @@ from leanify.errors import LeanifyError
 from leanify.measure.bench import BenchSession, BenchSettings, Probe, Spawn, write_json
 from leanify.measure.machine import machine_info, usable_cores
 from leanify.models.artifact import Artifact
+from leanify.models.files import SIDECAR, TOKENIZER_FILES
 from leanify.models.load import load
 from leanify.models.safety import own_outputs, trusting_code
 from leanify.passes.registry import PassConfig, PassContext, run_pipeline
 from leanify.runlock import LOCK_NAME, RunLock
+from leanify.runtimes import for_artifact
 from leanify.search.plan import Candidate, Training, plan
 from leanify.search.select import (
     OBJECTIVES,
@@ -42,12 +44,14 @@ from leanify.search.select import (
     judge,
     pareto_front,
     select_final,
+    target_misses,
 )
 from leanify.search.store import FILES as STORE_FILES
 from leanify.search.store import TrialStore, is_disk_full
 from leanify.search.store import remove as remove_store
 
 SCHEMA_VERSION = 1
+ORIGINAL = "original"  # the selection's name when no candidate beat the model as it is
 Progress = Callable[[int, int, str], None]
 
 
@@ -760,14 +764,19 @@ def _finish(out: Path, source: Artifact, baseline: dict[str, Any], results: list
         baseline_entry["latency_ms"] = done[0]["baseline_latency_ms"]
         baseline_entry["peak_rss_mb"] = done[0]["baseline_peak_rss_mb"]
     selected_out = None
-    if selected is not None:
+    kept = selected is None and _keep_original(done, baseline_entry, source, settings.targets)
+    if kept:  # the original, copied byte for byte: OUT/model is what to ship either way
+        selected_out = install_model(out, source.path, ORIGINAL, for_artifact(source).name,
+                                     files=_original_files(source))
+    elif selected is not None:
         selected_out = install_model(out, selected["artifact"], selected["name"],
                                      selected.get("runtime"))
+    if selected_out is not None:
         from leanify.report.snippet import usage_snippet
 
         _write_example_inputs(out, source, settings)
 
-        selected_out["runtime_settings"] = selected.get("runtime_settings") or {}
+        selected_out["runtime_settings"] = (selected or {}).get("runtime_settings") or {}
         selected_out["snippet"] = usage_snippet(out, selected_out, settings.task,
                                                 identity["threads"], settings.max_length)
     misses = selected.get("target_misses", []) if selected else []
@@ -797,8 +806,9 @@ def _finish(out: Path, source: Artifact, baseline: dict[str, Any], results: list
         "pareto_front": pareto_front([r for r in done if "latency_ms" in r]),
         "selected": selected_out,
         "selection": selection,
-        "targets_met": selected is not None and not misses,
-        "verdict": _verdict(selected, misses, results, settings, selection),
+        "targets_met": (selected is not None or kept) and not misses,
+        "verdict": _kept_verdict(done) if kept else _verdict(selected, misses, results,
+                                                              settings, selection),
         "warnings": warnings,
     }
     write_json(record, out / "leanify.json")
@@ -826,15 +836,52 @@ def _write_example_inputs(out: Path, source: Artifact, settings: OptimizeSetting
         os.replace(tmp, out / EXAMPLE_INPUTS)
 
 
+def _keep_original(done: list[dict[str, Any]], baseline: dict[str, Any], source: Artifact,
+                   targets: Targets) -> bool:
+    """Nothing was accepted, yet a candidate kept the accuracy without being faster and the
+    original meets every target as it is: then keeping the model is the answer, not a failure.
+    (When every candidate lost accuracy, the run says so and exits 3: a looser --max-drop may
+    buy speed.)"""
+    if source.path is None or "latency_ms" not in baseline:
+        return False
+    kept_accuracy = [c for c in done if c.get("metric_drop") is not None
+                     and c["metric_drop"] <= targets.max_drop]
+    return bool(kept_accuracy) and not target_misses(baseline, targets)
+
+
+def _original_files(source: Artifact) -> list[Path]:
+    """The model's own files and, for a single model file, what leanify reads beside it (the
+    sidecar, tokenizer files); never the rest of the folder it sits in."""
+    files = source.files()
+    if source.path is not None and source.path.is_file():
+        beside = [source.path.parent / name for name in (SIDECAR, *TOKENIZER_FILES)]
+        files += [f for f in beside if f.is_file() and f not in files]
+    return files
+
+
+def _kept_verdict(done: list[dict[str, Any]]) -> str:
+    why = " | ".join(f"{c['name']}: {c.get('reason', 'rejected')}" for c in done)
+    return ("Keep your model: it meets every target as it is, and no candidate that kept its "
+            "accuracy was faster on this machine (model/ in the run folder is an unchanged copy). "
+            + why)
+
+
 def install_model(out: Path, artifact_path: str | os.PathLike, name: str,
-                  runtime: Any = None) -> dict[str, Any]:
-    """Copy an artifact's folder to OUT/model atomically; hash its files."""
+                  runtime: Any = None, files: list[Path] | None = None) -> dict[str, Any]:
+    """Copy an artifact to OUT/model atomically (its folder, or only `files`, e.g. the user's
+    model out of a folder that holds other things); hash its files."""
     src = Path(artifact_path)
     folder = src if src.is_dir() else src.parent
     target = out / "model"
     tmp = out / ".model.partial"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(folder, tmp)
+    if files is None:
+        shutil.copytree(folder, tmp)
+    else:
+        for file in files:
+            dest = tmp / Path(file).relative_to(folder)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(file, dest)
     if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)

@@ -238,11 +238,12 @@ def plan(artifact: Artifact, *, only: list[str] | None = None, calibration: bool
     out: list[Candidate] = []
     if artifact.format == "hf" and artifact.meta.get("task") == "text-generation":
         onnx_recipes, torch_recipes = [], LM_RECIPES  # timed generating: prefill + decode
-    elif is_image_model(artifact) and artifact.format in ("onnx", "torch-module"):
+    elif is_image_model(artifact) and artifact.format in ("onnx", "torch-module", "keras"):
         # every image recipe works from ONNX; the runtime table holds the int8 ones
-        prefix = [("export-onnx", {})] if artifact.format == "torch-module" else []
+        prefix = [("export-onnx", {})] if artifact.format != "onnx" else []
+        exported = [("onnx-fp32", [])] if prefix else []  # the export itself, as it is
         onnx_recipes = [(name, prefix + steps) for name, steps in
-                        _runtime_recipes(artifact, max_drop) if prefix + steps]
+                        [*exported, *_runtime_recipes(artifact, max_drop)] if prefix + steps]
         torch_recipes = []
     elif artifact.format in ("hf", "torch-module"):
         prefix = [("export-onnx", {})]

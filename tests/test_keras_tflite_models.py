@@ -12,7 +12,6 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
-
 from image_data import photo_crops
 
 CLI = [sys.executable, "-m", "leanify.cli"]

@@ -69,7 +69,8 @@ def test_optimize_fidelity_on_npz_rows(fmt, silero_onnx, silero_jit, silero_data
     out = tmp_path / "run"
     trust = ("--trust-code",) if fmt == "jit" else ()  # TorchScript is code
     proc = leanify("optimize", str(model), "--task", "fidelity", "--data", str(data),
-                   "--sample", str(sample), "--out", str(out), *trust, timeout=900)
+                   "--sample", str(sample), "--out", str(out), "--final-budget-s", "30", *trust,
+                   timeout=900)
     record = json.loads((out / "leanify.json").read_text())
     expected = ("onnx-specialized", "torchscript-frozen")[fmt == "jit"]
     if fmt == "onnx":

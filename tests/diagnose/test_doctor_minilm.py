@@ -53,6 +53,7 @@ def test_minilm_record_within_four_minutes(minilm_doctor):
 
 
 @pytest.mark.slow
+@pytest.mark.acceptance  # the main suite renders the Keras model's doctor report instead
 def test_minilm_report_renders_in_headless_chromium(minilm_doctor, browser_screenshot):
     _, tmp = minilm_doctor
     png, console, proc = browser_screenshot(tmp / "doctor.html", "doctor-minilm", height=6000)

@@ -160,8 +160,8 @@ def test_missing_required_input_is_reported(tiny_onnx, batches):
 
 
 def test_no_runner_for_an_unknown_format(tiny_onnx):
-    artifact = Artifact("tflite", tiny_onnx, "m")  # type: ignore[arg-type]
-    with pytest.raises(LeanifyError, match="no runtime runs models of format 'tflite'"):
+    artifact = Artifact("coreml", tiny_onnx, "m")  # type: ignore[arg-type]
+    with pytest.raises(LeanifyError, match="no runtime runs models of format 'coreml'"):
         open_runner(artifact)
 
 

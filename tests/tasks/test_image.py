@@ -167,6 +167,22 @@ def test_image_fidelity_is_exact_against_itself_and_can_fail(tmp_path):
     assert 50 < worse.value < 90
 
 
+def test_image_fidelity_compares_image_by_image_whatever_the_batch(tmp_path):
+    # a candidate that runs one image per call (a TFLite export at batch 1) against a
+    # reference taken four at a time: the same images, so the same outputs
+    model = load(feature_cnn(tmp_path / "features.onnx"))
+    data = read_dataset(colour_images(tmp_path / "images", 3, seed=2, labelled=False),
+                        "image-fidelity")
+    reference = reference_outputs(model, data, threads=1, batch_size=4)
+    one_by_one = evaluate(model, data, "image-fidelity", threads=1, batch_size=1,
+                          reference=reference)
+    assert one_by_one.value == pytest.approx(100.0)
+    assert one_by_one.details["rows"] == 9
+    shifted = {k: np.roll(v, 1, axis=0) for k, v in reference.items()}  # rows misaligned
+    assert evaluate(model, data, "image-fidelity", threads=1, batch_size=1,
+                    reference=shifted).value < 99
+
+
 def test_a_text_model_is_refused_by_image_tasks(colour):
     from leanify.models.artifact import Artifact, TensorSpec
 

@@ -7,6 +7,7 @@ inputs and dequantizes outputs with them, so tasks and fidelity see real values.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -58,5 +59,12 @@ def inspect_tflite(path: Path, name: str) -> Artifact:
         "outputs": outputs,
         "integer_io": bool(quantization) or any(q[0] for q in outputs.values()),
     }
-    meta = {**read_sidecar(path), **meta}
+    sidecar = read_sidecar(path)
+    named = sidecar.get("input_names")  # export-tflite: the source model's names, in order
+    if isinstance(named, list) and len(named) == len(specs):
+        renamed = dict(zip((s.name for s in specs), map(str, named), strict=True))
+        specs = [replace(s, name=renamed[s.name]) for s in specs]
+        meta["quantization"] = {renamed[k]: v for k, v in quantization.items()}
+        meta["tflite_inputs"] = {v: k for k, v in renamed.items()}
+    meta = {**sidecar, **meta}
     return Artifact("tflite", path, name, tuple(specs), meta)

@@ -37,7 +37,11 @@ class LiteRTRunner(Runner):
 
         self.num_threads = settings_of(artifact).get("num_threads") or threads
         self.interpreter = interpreter(artifact.path, self.num_threads)
+        # by the artifact's input names (export-tflite keeps the source model's names)
+        tflite_names = artifact.meta.get("tflite_inputs") or {}
         self.inputs = {d["name"]: d for d in self.interpreter.get_input_details()}
+        self.inputs = {name: self.inputs[tflite_names.get(name, name)]
+                       for name in artifact.input_names}
         self.outputs = self.interpreter.get_output_details()
         self.quant_in = artifact.meta.get("quantization") or {}
         self.quant_out = artifact.meta.get("outputs") or {}
@@ -81,12 +85,11 @@ def snippet(path: str, ran: dict[str, Any], threads: int) -> list[str]:
             f'interpreter = Interpreter(model_path="{path}", '
             f"num_threads={int(ran.get('num_threads') or threads)})",
             "interpreter.allocate_tensors()",
-            "inputs = {d['name']: d for d in interpreter.get_input_details()}",
+            "details = interpreter.get_input_details()  # the model's inputs, in order",
             "output = interpreter.get_output_details()[0]",
-            "wanted = list(inputs)", "", "",
-            "def run(feeds):  # first output; int8 models: quantize in, dequantize out",
-            "    for name, x in feeds.items():",
-            "        d = inputs[name]",
+            "wanted = [d['name'] for d in details]", "", "",
+            "def run(feeds):  # one feed per input, in order; int8: quantize in, dequantize out",
+            "    for d, x in zip(details, feeds.values()):",
             "        scale, zero = d['quantization']",
             "        if scale:",
             "            info = np.iinfo(d['dtype'])",

@@ -121,6 +121,15 @@ IMAGE_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
                                   ("runtime-settings", {"performance_hint": "THROUGHPUT",
                                                         "num_streams": None})]),
 ]
+# TFLite for phones and boards (export-tflite: litert-torch in its own environment), from the
+# torch model, run by LiteRT: fp32, dynamic-range int8 (int8 weights) and full-integer int8
+# calibrated on the user's images. Exported at batch 1 (what a device runs; torch.export of
+# Keras models does not take a dynamic batch), so planned when only batch 1 is measured.
+TFLITE_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
+    ("tflite-fp32", [("export-tflite", {})]),
+    ("tflite-int8-dynamic", [("export-tflite", {"quantize": "dynamic"})]),
+    ("tflite-int8", [("export-tflite", {"quantize": "full"})]),
+]
 # Weight-only compression pays off when reading the weights dominates: large models only.
 LARGE_MODEL_PARAMS = 1_000_000_000
 LARGE_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
@@ -223,6 +232,17 @@ def _runtime_recipes(artifact: Artifact, max_drop: float) -> list[tuple[str, lis
     return recipes
 
 
+def _tflite_recipes(batch_sizes: tuple[int, ...],
+                    only: list[str] | None) -> list[tuple[str, list[tuple[str, dict]]]]:
+    from leanify.passes.export_tflite import litert_python
+
+    if litert_python() is None:
+        return []  # the exporter's environment is not installed (make litert-env)
+    asked = set(only or ())
+    return [(name, steps) for name, steps in TFLITE_RECIPES
+            if set(batch_sizes) <= {1} or name in asked]
+
+
 def plan(artifact: Artifact, *, only: list[str] | None = None, calibration: bool = True,
          isa_flags: frozenset[str] = frozenset(), training: Training | None = None,
          max_drop: float = 0.5, batch_sizes: tuple[int, ...] = (1,)) -> list[Candidate]:
@@ -244,7 +264,7 @@ def plan(artifact: Artifact, *, only: list[str] | None = None, calibration: bool
         exported = [("onnx-fp32", [])] if prefix else []  # the export itself, as it is
         onnx_recipes = [(name, prefix + steps) for name, steps in
                         [*exported, *_runtime_recipes(artifact, max_drop)] if prefix + steps]
-        torch_recipes = []
+        torch_recipes = _tflite_recipes(batch_sizes, only) if prefix else []
     elif artifact.format in ("hf", "torch-module"):
         prefix = [("export-onnx", {})]
         onnx_recipes = [(name, prefix + steps) for name, steps in
@@ -277,7 +297,8 @@ def plan(artifact: Artifact, *, only: list[str] | None = None, calibration: bool
             continue
         # passes that read the user's data: calibration rows (or, to specialize, the sample)
         static = any(step in ("quantize-static", "nncf-quantize", "specialize-inputs")
-                     for step, _ in steps)
+                     or (step == "export-tflite" and params.get("quantize") == "full")
+                     for step, params in steps)
         if static and not calibration:
             continue
         pipeline = tuple(make_config(step, **params) for step, params in steps)

@@ -63,43 +63,48 @@ class ImageFidelity(Task):
                 "were given.", path=dataset.path,
                 fix="Pass reference=reference_outputs(original, dataset) or "
                 "reference=original_artifact.")
-        cos: dict[str, list[np.ndarray]] = {}
-        ref_all: dict[str, list[np.ndarray]] = {}
-        got_all: dict[str, list[np.ndarray]] = {}
-        agree: dict[str, list[np.ndarray]] = {}
-        for i, batch in enumerate(self.batches(artifact, dataset, settings)):
-            rows = len(next(iter(batch.values())))
-            outputs = runner.run(batch)
-            wanted = [k.split("/", 1)[1] for k in reference if k.startswith(f"{i}/")]
-            if not wanted:
-                raise LeanifyError(
-                    f"the reference outputs hold nothing for batch {i}.", path=dataset.path,
-                    fix="Compute the reference on the same images with reference_outputs.")
-            for ref_name, got_name in _match_outputs(wanted, list(outputs), artifact).items():
-                a = np.asarray(reference[f"{i}/{ref_name}"])
-                b = np.asarray(outputs[got_name])
+        got: dict[str, list[np.ndarray]] = {}
+        rows_per_batch: list[int] = []
+        for batch in self.batches(artifact, dataset, settings):
+            rows_per_batch.append(len(next(iter(batch.values()))))
+            for name, value in runner.run(batch).items():
+                got.setdefault(name, []).append(np.asarray(value))
+        ref = _by_output(reference, dataset)
+        cos: dict[str, np.ndarray] = {}
+        ref_all: dict[str, np.ndarray] = {}
+        got_all: dict[str, np.ndarray] = {}
+        agree: dict[str, np.ndarray] = {}
+        n = len(dataset)
+        for ref_name, got_name in _match_outputs(list(ref), list(got), artifact).items():
+            a_parts, b_parts = ref[ref_name], got[got_name]
+            if _per_row(b_parts, rows_per_batch) and all(x.ndim for x in a_parts) and \
+                    sum(len(x) for x in a_parts) >= n:
+                # one row per image: compared image by image, whatever batch each model ran
+                # (a TFLite export runs batch 1; padding rows of a fixed batch dropped)
+                a = np.concatenate(a_parts)[:n].reshape(n, -1)
+                b = np.concatenate(b_parts)[:n].reshape(n, -1)
                 if a.shape != b.shape:
-                    raise LeanifyError(
-                        f"output '{got_name}' has shape {list(b.shape)} on batch {i}; the "
-                        f"original gave {list(a.shape)}.", path=artifact.path,
-                        fix="Keep the model's output shapes when optimizing it.")
-                per_row = a.ndim >= 1 and a.shape[0] == rows
-                a2 = a.reshape(rows, -1) if per_row else a.reshape(1, -1)
-                b2 = b.reshape(rows, -1) if per_row else b.reshape(1, -1)
-                cos.setdefault(ref_name, []).append(_cosine(a2, b2))
-                ref_all.setdefault(ref_name, []).append(a.ravel())
-                got_all.setdefault(ref_name, []).append(b.ravel())
-                if per_row and a.ndim == 2 and a.shape[1] > 1:
-                    agree.setdefault(ref_name, []).append(a.argmax(1) == b.argmax(1))
+                    raise _shape_error(got_name, b_parts[0], a_parts[0], artifact)
+                if a.shape[1] > 1 and np.concatenate(a_parts).ndim == 2:
+                    agree[ref_name] = a.argmax(1) == b.argmax(1)
+                cos[ref_name] = _cosine(a, b)
+            elif [x.shape for x in a_parts] == [x.shape for x in b_parts]:
+                cos[ref_name] = np.concatenate([  # not per image: one comparison per batch
+                    _cosine(x.reshape(1, -1), y.reshape(1, -1))
+                    for x, y in zip(a_parts, b_parts, strict=True)])
+                a = np.concatenate([x.ravel() for x in a_parts])
+                b = np.concatenate([x.ravel() for x in b_parts])
+            else:
+                raise _shape_error(got_name, b_parts[0], a_parts[0], artifact)
+            ref_all[ref_name], got_all[ref_name] = a.ravel(), b.ravel()
         per_output: dict[str, dict[str, float]] = {}
-        for name, parts in cos.items():
-            sims = np.concatenate(parts)
-            entry = _agreement(np.concatenate(ref_all[name]), np.concatenate(got_all[name]))
+        for name, sims in cos.items():
+            entry = _agreement(ref_all[name], got_all[name])
             entry.pop("fidelity", None)
             entry.update({"fidelity": float(np.mean(sims)) * 100 if sims.size else 100.0,
                           "min_cosine": float(np.min(sims)) * 100 if sims.size else 100.0})
             if name in agree:
-                entry["top1_agreement"] = float(np.mean(np.concatenate(agree[name]))) * 100
+                entry["top1_agreement"] = float(np.mean(agree[name])) * 100
             per_output[name] = entry
         worst = min(per_output, key=lambda n: per_output[n]["fidelity"])
         details = {"rows": len(dataset), "outputs": per_output, "worst_output": worst,
@@ -109,6 +114,29 @@ class ImageFidelity(Task):
     def snippet_inputs(self, folder: str, artifact_meta: dict[str, Any],
                        max_length: int) -> list[str]:
         return snippet_inputs(artifact_meta)
+
+
+def _by_output(reference: dict[str, np.ndarray], dataset: Dataset) -> dict[str, list]:
+    """The reference ("batch index/output name" keys) as each output's batches, in order."""
+    out: dict[str, dict[int, np.ndarray]] = {}
+    for key, value in reference.items():
+        index, _, name = key.partition("/")
+        if not index.isdigit() or not name:
+            raise LeanifyError(f"the reference outputs hold a key {key!r}.", path=dataset.path,
+                               fix="Compute the reference with reference_outputs.")
+        out.setdefault(name, {})[int(index)] = np.asarray(value)
+    return {name: [parts[i] for i in sorted(parts)] for name, parts in out.items()}
+
+
+def _per_row(parts: list[np.ndarray], rows: list[int]) -> bool:
+    return len(parts) == len(rows) and all(p.ndim >= 1 and len(p) == r
+                                           for p, r in zip(parts, rows, strict=True))
+
+
+def _shape_error(name: str, got: np.ndarray, ref: np.ndarray, artifact: Artifact):
+    return LeanifyError(
+        f"output '{name}' has shape {list(got.shape)}; the original gave {list(ref.shape)}.",
+        path=artifact.path, fix="Keep the model's output shapes when optimizing it.")
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -42,7 +42,7 @@ def face_tflite() -> Path:
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
-    return photo_crops(tmp_path_factory.mktemp("photos"), per_photo=4)
+    return photo_crops(tmp_path_factory.mktemp("photos"), per_photo=3)
 
 
 @pytest.mark.parametrize("which", ["keras", "tflite"])
@@ -83,7 +83,7 @@ def test_a_keras_model_comes_out_as_onnx_and_tflite_through_image_fidelity(cifar
     out = tmp_path / "run"
     before = cifar_h5.read_bytes()
     proc = leanify("optimize", str(cifar_h5), "--task", "image-fidelity", "--data", str(photos),
-                   "--preprocess", CIFAR_PREPROCESS, "--calibration-size", "16",
+                   "--preprocess", CIFAR_PREPROCESS, "--calibration-size", "8",
                    "--candidates", "onnx-fp32,tflite-int8-dynamic", "-b", "1",
                    *FAST, "--final-budget-s", "0", "--out", str(out))
     record = json.loads((out / "leanify.json").read_text())

@@ -34,21 +34,6 @@ def test_the_exporter_environment_is_installed():
     assert litert_python() is not None and litert_python().exists()
 
 
-def test_a_keras_model_exports_in_fp32_and_matches_keras(cifar_h5, tmp_path):
-    # (dynamic-range int8 of the same model runs in tests/test_keras_tflite_models.py)
-    source = load(cifar_h5)
-    fp32 = apply(source, make_config("export-tflite"), PassContext(work_dir=tmp_path,
-                                                                   threads=1))
-    assert fp32.format == "tflite" and fp32.meta["tflite"]["quantize"] == "none"
-    # the source's input name is kept; the model is exported at batch 1
-    assert fp32.inputs[0].name == "conv2d_input" and fp32.inputs[0].shape == (1, 32, 32, 3)
-    x = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)).astype(np.float32)
-    keras_out = next(iter(open_runner(source, 1).run({"conv2d_input": x}).values()))
-    got = next(iter(open_runner(fp32, 1).run({"conv2d_input": x}).values()))
-    np.testing.assert_allclose(got, keras_out, rtol=1e-4, atol=1e-4)
-    assert load(cifar_h5).sha256() == source.sha256()  # the input is never touched
-
-
 def _nchw_cnn():
     import torch
 
@@ -65,6 +50,26 @@ def _nchw_cnn():
 
     torch.manual_seed(0)
     return Net().eval()
+
+
+def test_an_nchw_module_exports_channel_last_in_fp32(tmp_path):
+    # (a Keras file to TFLite, int8 weights, runs in tests/test_keras_tflite_models.py)
+    import torch
+
+    module = _nchw_cnn()
+    x = np.random.default_rng(0).uniform(0, 1, (2, 3, 32, 32)).astype(np.float32)
+    source = load(module, example_inputs={"pixels": torch.from_numpy(x)})
+    fp32 = apply(source, make_config("export-tflite"), PassContext(work_dir=tmp_path,
+                                                                   threads=1))
+    assert fp32.format == "tflite" and fp32.meta["tflite"] == {"quantize": "none",
+                                                               "channel_last": True}
+    # the source's input name is kept; exported at batch 1, channel-last
+    assert fp32.inputs[0].name == "pixels" and fp32.inputs[0].shape == (1, 32, 32, 3)
+    with torch.inference_mode():
+        expected = module(torch.from_numpy(x[:1])).numpy()
+    got = next(iter(open_runner(fp32, 1).run(
+        {"pixels": np.ascontiguousarray(x[:1].transpose(0, 2, 3, 1))}).values()))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_full_integer_int8_takes_int8_and_is_fed_floats(tmp_path):

@@ -14,7 +14,8 @@ import pytest
 
 STSB = Path(__file__).resolve().parents[2] / "examples" / "data" / "stsb" / "sts-test.csv"
 CLI = [sys.executable, "-m", "leanify.cli"]
-QUICK = ["--batch-size", "1,4", "--seq-len", "32", "--rounds", "1", "--calibration-size", "40"]
+QUICK = ["--batch-size", "1,4", "--seq-len", "32", "--rounds", "1", "--calibration-size", "40",
+         "--final-budget-s", "20"]
 
 
 def stsb_subset(tmp_path: Path, rows: int) -> Path:

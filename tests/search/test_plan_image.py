@@ -49,3 +49,23 @@ def test_image_models_plan_static_int8_and_no_text_recipes(tmp_path):
         plan(image, only=["onnx-int8-qdq"], calibration=False)
     # the same model outside an image task plans the array recipes as before
     assert "onnx-int8-dynamic" in [c.name for c in plan(source, only=["all"])]
+
+
+def test_a_keras_image_model_plans_onnx_and_tflite_at_batch_one(tmp_path):
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    (folder,) = find_spec("cifar_10_model").submodule_search_locations  # its code needs TF
+    source = load(Path(folder) / "trained_models" / "cnn_model.h5")
+    image = get("image-fidelity").prepare(source, "size=32,resize=exact,scale=1")
+    at_one = {c.name: c for c in plan(image, batch_sizes=(1,))}
+    assert {"onnx-fp32", "onnx-int8-qdq", "tflite-fp32", "tflite-int8-dynamic",
+            "tflite-int8"} <= set(at_one)
+    assert at_one["onnx-fp32"].passes() == ["export-onnx"]  # the export itself
+    assert at_one["tflite-int8"].needs_calibration  # full-integer: calibrated activations
+    assert not at_one["tflite-int8-dynamic"].needs_calibration
+    # exported at batch 1: not planned when a larger batch is measured, unless asked for
+    batched = [c.name for c in plan(image, batch_sizes=(1, 8))]
+    assert "onnx-fp32" in batched and not any(n.startswith("tflite") for n in batched)
+    assert [c.name for c in plan(image, batch_sizes=(1, 8), only=["tflite-fp32"])] == [
+        "tflite-fp32"]

@@ -41,7 +41,9 @@ demo: $(STAMP)
 		--data examples/data/stsb/sts-test.csv --calibration-data examples/data/stsb/sts-dev.csv \
 		--out out/minilm $$(test -f out/minilm/trials.db && echo --resume)
 
-test: $(STAMP) $(LITERT_STAMP)
+# both environments install side by side (downloads and unpacking overlap)
+test:
+	$(MAKE) -j2 $(STAMP) $(LITERT_STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 

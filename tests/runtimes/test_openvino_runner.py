@@ -201,3 +201,16 @@ def test_runner_refuses_a_damaged_graph(tiny_ir, tmp_path):
     art = load(tiny_ir)
     with pytest.raises(LeanifyError, match="input named 'pixels'"):
         OpenVINORunner(art, 1).run({"pixels": np.zeros((1, 2), np.float32)})
+
+
+def test_doctor_on_an_ir_reports_its_outputs_and_timings(tiny_ir):
+    # an IR goes to the runtime's own probe (no per-operator profile leanify reads), not to
+    # the ONNX Runtime probe whose sections all failed on an .xml
+    from leanify.diagnose.doctor import DoctorSettings, doctor
+
+    rec = doctor(tiny_ir, DoctorSettings(threads=1, quick=True))
+    status = {k: v["status"] for k, v in rec["sections"].items()}
+    assert status["signature"] == "done" and status["latency_curve"] == "done", status
+    assert status["profile"] == "skipped" and "openvino" in rec["sections"]["profile"]["reason"]
+    assert not [k for k, v in status.items() if v == "failed"], rec["sections"]
+    assert rec["inventory"]["outputs"]

@@ -174,6 +174,7 @@ def test_onnx_file_not_made_by_leanify(tiny_onnx, tmp_path):
     assert rec["verdict"]["claim"]["command"].startswith("leanify optimize ")
 
 
+@pytest.mark.acceptance  # TorchScript's doctor also runs on silero (tests/test_array_models.py)
 def test_torchscript_file_not_made_by_leanify(tiny_torchscript):
     rec = doctor(tiny_torchscript, DoctorSettings(threads=1, trust_code=True))
     assert rec["inventory"]["format"] == "torchscript"

@@ -128,6 +128,7 @@ def test_nncf_quantize_needs_calibration_and_an_ir(tiny_ir, tiny_hf, tmp_path):
         apply(load(tiny_hf), make_config("nncf-quantize"), bare)
 
 
+@pytest.mark.acceptance  # an extended recipe (openvino-int8-acc): `make test-acceptance`
 def test_accuracy_control_keeps_layers_in_float_to_hold_the_drop(tiny_ir, ctx):
     loose = apply(tiny_ir, make_config("nncf-quantize", max_drop=50.0), ctx)
     control = loose.meta["quantization"]["accuracy_control"]

@@ -27,6 +27,7 @@ from leanify.diagnose.probes import Sections, onnx_probe, runtime_probe, torch_p
 from leanify.diagnose.verdict import decide
 from leanify.errors import LeanifyError
 from leanify.measure.machine import cpu_busy_fraction, machine_info, usable_cores
+from leanify.measure.workload import image_dims
 from leanify.models.artifact import Artifact
 from leanify.models.load import load
 from leanify.models.safety import trusting_code
@@ -122,16 +123,6 @@ def _sample(texts: list[str], n: int) -> list[str]:
         return list(texts)
     step = len(texts) / n
     return [texts[int(i * step)] for i in range(n)]
-
-
-def _has_image_input(artifact: Artifact) -> bool:
-    from leanify.tasks.image import image_input
-
-    try:
-        image_input(artifact)
-    except LeanifyError:
-        return False
-    return True
 
 
 def _fixed_dims(artifact: Artifact, sample: Path | None = None
@@ -242,7 +233,7 @@ def _doctor(model: str | os.PathLike | Artifact, settings: DoctorSettings,
         "trust_code": settings.trust_code,
         "latency_budget_ms": settings.latency_budget_ms,
         "memory_budget_mb": settings.memory_budget_mb, "quick": settings.quick,
-        "threads": threads, "sequence": sequence, "image_input": _has_image_input(artifact),
+        "threads": threads, "sequence": sequence, "image_input": image_dims(artifact) is not None,
         "typical": {"batch_size": typical[0], "seq_len": typical[1]},
         "typical_rule": ("batch 1 × the data's 95th-percentile token length (rounded up to a "
                          "multiple of 8, capped at the model's maximum)" if stats else

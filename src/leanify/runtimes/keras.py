@@ -47,4 +47,4 @@ def snippet(path: str, ran: dict[str, Any], threads: int) -> list[str]:
 RUNTIME = Runtime(
     name="keras", formats=("keras",), module="keras", package="keras",
     open=lambda artifact, threads, trust_pickle=False: KerasRunner(artifact, threads),
-    snippet=snippet, extra="keras", importer=lambda: keras_on_torch())
+    snippet=snippet, extra="keras", importer=keras_on_torch)

@@ -104,6 +104,25 @@ def test_export_onnx_from_torch_module_keeps_source(tiny_encoder, example_batch,
     np.testing.assert_allclose(next(iter(got.values())), ref, atol=1e-4)
 
 
+def test_export_onnx_from_a_pt2_file(tmp_path, ctx):
+    """A torch.export archive (read weights-only) re-exported to ONNX, any batch size."""
+    import torch
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.BatchNorm2d(8),
+                                 torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3)).eval()
+    x = torch.randn(2, 1, 12, 12)
+    program = torch.export.export(module, (x,), dynamic_shapes=({0: torch.export.Dim("b")},))
+    torch.export.save(program, tmp_path / "cnn.pt2")
+    out = apply(load(tmp_path / "cnn.pt2"), make_config("export-onnx"), ctx)
+    assert out.format == "onnx" and out.meta["export_check"]["max_diff"]
+    x5 = torch.randn(5, 1, 12, 12)
+    with torch.no_grad():
+        ref = module(x5).numpy()
+    got = run(out, {out.input_names[0]: x5.numpy()})
+    np.testing.assert_allclose(next(iter(got.values())), ref, atol=1e-4)
+
+
 def test_export_onnx_dynamo(tiny_hf, ctx):
     source = load(tiny_hf)
     out = apply(source, make_config("export-onnx", exporter="dynamo", opset=18), ctx)

@@ -52,14 +52,20 @@ def _nchw_cnn():
     return Net().eval()
 
 
-def test_an_nchw_module_exports_channel_last_in_fp32(tmp_path):
-    # (a Keras file to TFLite, int8 weights, runs in tests/test_keras_tflite_models.py)
+def test_a_pt2_file_of_an_nchw_module_exports_channel_last_in_fp32(tmp_path):
+    # (a Keras file to TFLite, int8 weights, runs in tests/test_keras_tflite_models.py; an
+    # in-memory module, full-integer, below)
     import torch
 
     module = _nchw_cnn()
     x = np.random.default_rng(0).uniform(0, 1, (2, 3, 32, 32)).astype(np.float32)
-    source = load(module, example_inputs={"pixels": torch.from_numpy(x)})
-    fp32 = apply(source, make_config("export-tflite"), PassContext(work_dir=tmp_path,
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(module, (torch.from_numpy(x),),
+                                  dynamic_shapes=({0: batch},))
+    torch.export.save(program, tmp_path / "cnn.pt2")
+    source = load(tmp_path / "cnn.pt2")
+    assert source.format == "pt2"
+    fp32 = apply(source, make_config("export-tflite"), PassContext(work_dir=tmp_path / "w",
                                                                    threads=1))
     assert fp32.format == "tflite" and fp32.meta["tflite"] == {"quantize": "none",
                                                                "channel_last": True}

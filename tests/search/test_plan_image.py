@@ -69,3 +69,19 @@ def test_a_keras_image_model_plans_onnx_and_tflite_at_batch_one(tmp_path):
     assert "onnx-fp32" in batched and not any(n.startswith("tflite") for n in batched)
     assert [c.name for c in plan(image, batch_sizes=(1, 8), only=["tflite-fp32"])] == [
         "tflite-fp32"]
+
+
+def test_cnns_with_convolution_pairs_plan_pruned_int8(tmp_path):
+    from image_data import feature_cnn
+
+    pairs = get("image-fidelity").prepare(load(feature_cnn(tmp_path / "pairs.onnx", size=32)))
+    by_name = {c.name: c for c in plan(pairs)}
+    assert {"pruned50-openvino-int8", "pruned25-openvino-int8", "pruned50-onnx-int8-qdq",
+            "pruned25-onnx-int8-qdq"} <= set(by_name)
+    pruned = by_name["pruned25-openvino-int8"]
+    assert [c.name for c in pruned.pipeline] == ["prune-onnx-channels", "export-openvino",
+                                               "nncf-quantize"]
+    assert pruned.pipeline[0].keep == 0.25 and pruned.needs_calibration
+    # one convolution, no pair: nothing to prune, no pruned candidates
+    single = get("image-classification").prepare(load(_cnn(tmp_path / "cnn.onnx")))
+    assert not any(c.name.startswith("pruned") for c in plan(single, only=["all"]))

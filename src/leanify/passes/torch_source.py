@@ -1,5 +1,5 @@
-"""The PyTorch model behind an `hf` or `torch-module` artifact, ready to export or transform:
-the module, its named inputs, the output to return, and a real example batch.
+"""The PyTorch model behind an `hf`, `keras`, `pt2` or `torch-module` artifact, ready to
+export or transform: the module, its named inputs, the output to return, a real example batch.
 
 Field notes: transformers 5 `forward` takes `use_cache` positionally, so the model is wrapped in
 a module whose forward takes the named tensors in a fixed order; the legacy exporter once
@@ -60,14 +60,17 @@ def wrap(source: TorchSource, model: Any = None):
 
 def torch_source(artifact: Artifact, attn_implementation: str | None, pass_name: str,
                  output_names: tuple[str, ...] = ()) -> TorchSource:
-    """Build the PyTorch model of an `hf`, `keras` or `torch-module` artifact, with its example
-    batch."""
-    require_format(artifact, ("hf", "torch-module", "keras"), pass_name,
-                   fix="Give the Hugging Face model folder, a Keras file or an in-memory "
-                   "torch.nn.Module (leanify.load(module, example_inputs=...)).")
+    """Build the PyTorch model of an `hf`, `keras`, `pt2` or `torch-module` artifact, with its
+    example batch."""
+    require_format(artifact, ("hf", "torch-module", "keras", "pt2"), pass_name,
+                   fix="Give the Hugging Face model folder, a Keras file, a torch.export .pt2 "
+                   "file or an in-memory torch.nn.Module (leanify.load(module, "
+                   "example_inputs=...)).")
     torch = require("torch", "torch", f"Pass '{pass_name}'")
     if artifact.format == "keras":
         return _keras_source(artifact, output_names)
+    if artifact.format == "pt2":
+        return _pt2_source(artifact, output_names)
     if artifact.format == "torch-module":
         module, example = artifact.module
         module.eval()
@@ -96,6 +99,35 @@ def _keras_source(artifact: Artifact, output_names: tuple[str, ...]) -> TorchSou
 
     names = artifact.input_names
     module = KerasInputs(build(artifact.path), names).eval()
+    example = {n: torch.from_numpy(v) for n, v in
+               InputBuilder(artifact).batch(*EXAMPLE_SHAPE).items() if n in names}
+    with torch.inference_mode():
+        outputs = output_names or tuple(_flat_outputs(module(**example)))
+    return TorchSource(module, names, None, list(outputs), example, {})
+
+
+def _pt2_source(artifact: Artifact, output_names: tuple[str, ...]) -> TorchSource:
+    """A torch.export program, unlifted into a module that takes its inputs by name (read
+    as at load time: weights only, see models/load.py)."""
+    import torch
+
+    from leanify.models.inputs import InputBuilder
+    from leanify.models.load import load_pt2_program
+
+    class ProgramInputs(torch.nn.Module):
+        def __init__(self, inner, names):
+            super().__init__()
+            self.inner, self.names = inner, list(names)
+
+        def forward(self, **named):
+            return self.inner(*[named[n] for n in self.names])
+
+        def train(self, mode: bool = True):  # an exported module refuses train()/eval()
+            self.training = mode
+            return self
+
+    names = artifact.input_names
+    module = ProgramInputs(load_pt2_program(artifact.path).module(), names)
     example = {n: torch.from_numpy(v) for n, v in
                InputBuilder(artifact).batch(*EXAMPLE_SHAPE).items() if n in names}
     with torch.inference_mode():

@@ -73,6 +73,9 @@ def test_bench_and_doctor_run_keras_and_tflite_files(which, cifar_h5, face_tflit
         assert runtimes["models"][1]["speedup_ci95"][0] > 1.0, runtimes
         command = record["verdict"]["command"]
         assert "--task image-fidelity" in command and "YOUR_IMAGES_DIR" in command
+        # where the export's multiply-accumulates are (a CNN: nearly all in convolutions)
+        conv = record["inventory"]["convolutions"]
+        assert conv["macs_per_image"] > 1e6 and conv["conv_share"] > 0.5, conv
     else:
         assert record["sections"]["profile"]["status"] == "skipped"
         assert record["sections"]["signature"]["status"] == "done"

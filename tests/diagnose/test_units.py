@@ -131,3 +131,23 @@ def test_torchscript_gets_the_freeze_command_and_pt2_the_export_advice():
     pt2 = verdict.decide(record(30.0, None, fmt="pt2"), "m.pt2", None, None)
     assert pt2["claim"] is None and pt2["command"] is None
     assert any(r["action"] == "export" for r in pt2["recommendations"])
+
+
+def test_a_cnn_with_prunable_pairs_gets_the_pruning_recommendation():
+    with_pairs = record(30.0, None, fmt="onnx")
+    with_pairs["settings"]["image_input"] = True
+    with_pairs["inventory"]["convolutions"] = {"macs_per_image": 456_000_000, "pairs": 8,
+                                               "conv_share": 1.0, "pair_share": 0.96,
+                                               "largest": []}
+    rec = next(r for r in verdict.decide(with_pairs, "cnn.onnx", None, None)["recommendations"]
+               if r["action"] == "channel-pruning")
+    assert "8 convolution pairs" in rec["why"] and "96%" in rec["why"]
+    assert rec["gain"]["kind"] == "estimated" and rec["gain"]["speedup"] == 3.57  # 1/0.28
+    v = verdict.decide(with_pairs, "cnn.onnx", None, None)
+    assert rec["command"] == v["claim"]["command"]  # the default candidates include them
+    assert "--task image-fidelity --data YOUR_IMAGES_DIR" in rec["command"]
+    few = record(30.0, None, fmt="onnx")
+    few["inventory"]["convolutions"] = {**with_pairs["inventory"]["convolutions"],
+                                        "pair_share": 0.1}
+    assert not any(r["action"] == "channel-pruning"
+                   for r in verdict.decide(few, "cnn.onnx", None, None)["recommendations"])

@@ -137,3 +137,13 @@ def test_pass_on_a_cnn_calibrated_on_images(tmp_path):
     with pytest.raises(LeanifyError, match="calibration"):
         run_pipeline(source, [make_config("prune-onnx-channels", keep=0.25)],
                      PassContext(work_dir=tmp_path / "w2", threads=1))
+
+
+def test_the_doctors_view_of_where_the_macs_are():
+    from leanify.prune.onnx_channels import convolution_summary
+
+    summary = convolution_summary(_pair_model(duplicated=False))
+    assert summary["pairs"] == 1 and summary["pair_share"] == 1.0
+    assert summary["macs_per_image"] == 16 * 3 * 9 * 144 + 8 * 16 * 9 * 36
+    assert [r["node"] for r in summary["largest"]] == ["A", "B"]  # A: 62k, B: 41k MACs
+    assert convolution_summary(_pair_model(False, group=2))["pairs"] == 0

@@ -312,6 +312,9 @@ def _doctor(model: str | os.PathLike | Artifact, settings: DoctorSettings,
                                              "profile": False, "sensitivity": True,
                                              "tokenizer": None})
                 record["sensitivity"] = sens.get("sensitivity")
+                conv = (sens.get("inventory") or {}).get("convolutions")
+                if conv:  # the export's convolutions: what pruning it can cut
+                    record["inventory"]["convolutions"] = conv
                 parent.out["sections"].update(sens["sections"])
     if settings.rate is not None:
         say(f"serving at {settings.rate:g} requests/s")

@@ -202,6 +202,14 @@ def onnx_probe(req: dict[str, Any]) -> dict[str, Any]:
         with sections.run("weights"):
             matrices = weight_matrices(artifact)
             inv["largest_layers"] = inventory.largest(matrices, counted.get("per_module"))
+    with sections.run("convolutions"):  # a CNN: its MACs, and the share pruning can cut
+        import onnx
+
+        from leanify.prune.onnx_channels import convolution_summary
+
+        conv = convolution_summary(onnx.load(str(artifact.path), load_external_data=False))
+        if conv is not None:
+            out.setdefault("inventory", {})["convolutions"] = conv
     if req.get("sensitivity"):
         with sections.run("sensitivity"):
             names = artifact.input_names

@@ -23,6 +23,7 @@ MEMORY_SHARE = 0.8
 SLOWER_WITH_THREADS = 0.8  # all cores this much slower than one: a system problem
 MARGIN = 0.8  # claim a budget is met only with 20% to spare
 INT8_FACTOR = 2.0  # estimated speed-up of int8 on the variable (non-overhead) part
+PRUNABLE_SHARE = 0.3  # convolution pairs doing this share of the MACs: worth pruning
 OPTIMIZE_FORMATS = ("hf", "onnx", "keras")  # optimize exports, fuses and quantizes these
 CLAIM_FORMATS = (*OPTIMIZE_FORMATS, "torchscript")  # optimize takes these
 
@@ -121,9 +122,9 @@ def decide(record: dict[str, Any], model_ref: str, data_ref: str | None,
     recs += _serving_recommendation(served, model_ref)
     claim = _claim(record, b, typ, overhead, model_ref, data_ref, task)
     if claim is not None and claim["command"]:
-        gain = next((r for r in recs if r["action"] == "optimize"), None)
-        if gain is not None:
-            gain["command"] = claim["command"]
+        for r in recs:  # optimize's default candidates include the pruned ones
+            if r["action"] in ("optimize", "channel-pruning"):
+                r["command"] = claim["command"]
     recs.sort(key=lambda r: -(r["gain"].get("speedup") or 1.0))
     for i, r in enumerate(recs, 1):
         r["rank"] = i
@@ -302,6 +303,24 @@ def _recommendations(record: dict[str, Any], typ: float | None, overhead: dict[s
             "attention heads barely contribute on your data.",
             {"kind": "estimated", "speedup": None, "text": "proportional to what is removed"},
             "medium", "remove them, then check accuracy (distillation recovers the rest)"))
+    conv = record["inventory"].get("convolutions") or {}
+    if conv.get("pairs") and conv.get("pair_share", 0) >= PRUNABLE_SHARE:
+        from leanify.search.plan import PRUNE_KEEPS
+
+        keep = min(PRUNE_KEEPS)
+        share = conv["pair_share"]
+        left = 1 - share * (1 - keep)
+        recs.append(_rec(
+            "channel-pruning", "Cut the inner channels of its convolution pairs (no training)",
+            f"{conv['pairs']} convolution pairs (conv -> activation -> conv) do {share:.0%} of "
+            "the multiply-accumulates. leanify optimize cuts their inner channels on your "
+            "images and refits the next convolution by least squares (candidates pruned50-* "
+            "and pruned25-*, then int8).",
+            {"kind": "estimated", "speedup": round(1 / max(left, 1e-3), 2),
+             "text": f"the MACs fall to {left:.0%} at {keep:.0%} of the inner channels, "
+                     "before int8"},
+            "medium", "outputs change; the accuracy gate judges each candidate on your images",
+            f"leanify optimize {model_ref} --task image-fidelity --data YOUR_IMAGES_DIR"))
     spec = (record.get("spectral") or {}).get("summary") or {}
     if spec.get("under_trained") and spec.get("layers"):
         recs.append(_rec(

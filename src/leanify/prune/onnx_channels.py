@@ -176,6 +176,26 @@ def conv_macs(model: Any) -> dict[str, int]:
     return out
 
 
+def convolution_summary(model: Any, top: int = 5) -> dict[str, Any] | None:
+    """Where a CNN's multiply-accumulates are, and how many sit in convolution pairs this
+    module can prune (the doctor's view); None for a graph without convolutions."""
+    macs = conv_macs(model)
+    convs = {n.name or n.output[0]: n for n in model.graph.node if n.op_type == "Conv"}
+    if not convs or not macs:
+        return None
+    pairs, _ = find_pairs(model)
+    in_pairs = {name for a, _mid, b in pairs for name in (a.name or a.output[0],
+                                                           b.name or b.output[0])}
+    total = sum(macs.values())
+    largest = sorted(macs.items(), key=lambda kv: -kv[1])[:top]
+    return {"macs_per_image": total,
+            "conv_share": round(sum(v for k, v in macs.items() if k in convs) / total, 4),
+            "pairs": len(pairs),
+            "pair_share": round(sum(macs.get(k, 0) for k in in_pairs) / total, 4),
+            "largest": [{"node": k, "macs": v, "share": round(v / total, 4),
+                         "in_pair": k in in_pairs} for k, v in largest]}
+
+
 # --- the fit -----------------------------------------------------------------------------
 
 

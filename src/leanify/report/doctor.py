@@ -210,6 +210,14 @@ def _inventory(record: dict[str, Any]) -> str:
             ["layer", "shape", "params", "FLOPs"],
             [[r["name"], str(r["shape"]), _count(r["params"]), _count(r.get("flops"))]
              for r in big])
+    conv = inv.get("convolutions")
+    if conv:
+        html += (f"<p class='small'>Convolutions: {conv['macs_per_image'] / 1e6:.1f}M "
+                 f"multiply-accumulates per image, {conv['conv_share']:.0%} in convolutions, "
+                 f"{conv['pair_share']:.0%} in {conv['pairs']} prunable pairs</p>") + _table(
+            ["node", "MACs per image", "share", "in a pair"],
+            [[r["node"], _count(r["macs"]), f"{r['share']:.0%}", "yes" if r["in_pair"] else ""]
+             for r in conv["largest"]])
     return html
 
 

@@ -174,6 +174,25 @@ def test_onnx_file_not_made_by_leanify(tiny_onnx, tmp_path):
     assert rec["verdict"]["claim"]["command"].startswith("leanify optimize ")
 
 
+def test_an_image_model_reads_your_images(tmp_path):
+    """--data DIR of images: the resolution they have against the model's input, int8
+    sensitivity on them, the image task in the recommended command."""
+    from image_data import colour_cnn, colour_images
+
+    model = colour_cnn(tmp_path / "colour.onnx", size=128)
+    data = colour_images(tmp_path / "photos", 3, seed=5, size=48)  # 48-95 px a side
+    rec = doctor(model, DoctorSettings(data=data, threads=1))
+    images = rec["images"]
+    assert images["images"] == 9 and images["model_input"] == {"height": 128, "width": 128}
+    assert images["upscaled_share"] == 1.0 and images["smaller"]
+    assert rec["sensitivity"]["data"] == "your images"
+    assert rec["settings"]["task"] == "image-classification"  # a folder per class
+    assert f"--task image-classification --data {data}" in rec["verdict"]["command"]
+    assert any(r["action"] == "resolution" for r in rec["verdict"]["recommendations"])
+    conv = rec["inventory"]["convolutions"]
+    assert conv["pairs"] == 0 and conv["macs_per_image"] == (3 * 3 + 3 * 9) * 128 * 128 + 9
+
+
 @pytest.mark.acceptance  # TorchScript's doctor also runs on silero (tests/test_array_models.py)
 def test_torchscript_file_not_made_by_leanify(tiny_torchscript):
     rec = doctor(tiny_torchscript, DoctorSettings(threads=1, trust_code=True))

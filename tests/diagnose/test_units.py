@@ -151,3 +151,24 @@ def test_a_cnn_with_prunable_pairs_gets_the_pruning_recommendation():
                                         "pair_share": 0.1}
     assert not any(r["action"] == "channel-pruning"
                    for r in verdict.decide(few, "cnn.onnx", None, None)["recommendations"])
+
+
+def test_images_smaller_than_the_input_get_the_resolution_recommendation(tmp_path):
+    from image_data import colour_images
+
+    from leanify.diagnose.resolution import image_sizes
+    from leanify.measure.data import read_dataset
+
+    data = read_dataset(colour_images(tmp_path / "c", 4, seed=2, size=48), "image-fidelity")
+    small = image_sizes(data, 224, 224)  # photos 48-95 px a side, a 224 x 224 model
+    assert small["images"] == 12 and 48 <= small["shorter_side"]["min"] < 96
+    assert small["upscaled_share"] == 1.0 and small["smaller"]
+    assert small["work_at_p95"] == pytest.approx((small["shorter_side"]["p95"] / 224) ** 2,
+                                                 abs=0.005)
+    assert not image_sizes(data, 32, 32)["smaller"]  # all larger than a 32 x 32 input
+    rec = record(30.0, None, fmt="onnx")
+    rec["images"] = small
+    (res,) = [r for r in verdict.decide(rec, "m.onnx", "imgs/", "image-fidelity")[
+        "recommendations"] if r["action"] == "resolution"]
+    assert res["gain"]["speedup"] == round(1 / small["work_at_p95"], 2)
+    assert "12 images" in res["why"] and res["risk"]["level"] == "high"

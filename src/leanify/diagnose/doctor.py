@@ -91,6 +91,21 @@ def check_output(path: str | os.PathLike, artifact: Artifact | None = None,
     return target
 
 
+def _read_images(settings: DoctorSettings, artifact: Artifact) -> tuple[Any, str]:
+    """An image model's --data: its images (a folder per class or any images under a folder,
+    a CSV/JSONL of paths, an .npz) and the image task they read as."""
+    from leanify.measure.data import read_dataset
+
+    order = [settings.task] if settings.task else ["image-classification", "image-fidelity"]
+    for i, task in enumerate(order):
+        try:
+            return read_dataset(settings.data, task), task
+        except LeanifyError:
+            if i == len(order) - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _read_data(settings: DoctorSettings, artifact: Artifact) -> tuple[list[str], str | None]:
     """The data's texts and the task it reads as (for the recommended optimize command)."""
     if settings.data is None:
@@ -185,7 +200,16 @@ def _doctor(model: str | os.PathLike | Artifact, settings: DoctorSettings,
     trace = str(check_output(settings.trace, artifact, "--trace")) if settings.trace else None
     for path in settings.outputs:
         check_output(path, artifact)
-    texts, task = _read_data(settings, artifact)
+    images, image_batch, texts, task = None, None, [], settings.task
+    if settings.data is not None and image_dims(artifact) is not None and (
+            settings.task is None or settings.task.startswith("image")):
+        try:
+            images, task = _read_images(settings, artifact)
+        except LeanifyError:
+            if settings.task:  # asked for an image task: its reader's error stands
+                raise
+    if images is None:  # texts, or arrays (.npz) for an image-shaped model
+        texts, task = _read_data(settings, artifact)
     threads = settings.threads or usable_cores()
     from leanify.measure.workload import sample_length
 
@@ -242,6 +266,17 @@ def _doctor(model: str | os.PathLike | Artifact, settings: DoctorSettings,
         "texts_sampled": len(sample),
     }
     record["inventory"] = inventory.static(artifact)
+    if images is not None:  # the resolution they have; a batch of them for the sensitivity
+        from leanify import tasks
+        from leanify.diagnose.resolution import image_sizes
+        from leanify.tasks.image import batches
+
+        prepared = tasks.get(task).prepare(artifact)
+        pre = prepared.meta["preprocess"]
+        record["images"] = image_sizes(images, pre["height"], pre["width"])
+        record["images"]["preprocess_from"] = pre.get("source")
+        image_batch = next(batches(prepared, images.subset(list(range(min(32, len(images))))),
+                                   32), None)
     total = 6 + (settings.rate is not None)
     step = [0]
 
@@ -259,7 +294,7 @@ def _doctor(model: str | os.PathLike | Artifact, settings: DoctorSettings,
            "typical": list(typical), "sequence": sequence, "texts": sample,
            "max_length": max_len, "trace": trace, "top": settings.top,
            "profile_iters": 5 if settings.quick else 20,
-           "isa_flags": record["machine"]["cpu"]["isa_flags"]}
+           "isa_flags": record["machine"]["cpu"]["isa_flags"], "image_batch": image_batch}
     bench_extra = {"tokenizer": settings.tokenizer, "trust_pickle": settings.trust_pickle,
                    "sample": str(settings.sample) if settings.sample else None}
     with tempfile.TemporaryDirectory(prefix="leanify-doctor-") as scratch:

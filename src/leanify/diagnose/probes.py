@@ -60,9 +60,11 @@ def _typical_batch(artifact, req: dict[str, Any]) -> dict[str, np.ndarray]:
 
 def _data_batches(artifact, req: dict[str, Any], names: list[str], batch_size: int = 16
                   ) -> Iterator[dict[str, np.ndarray]]:
-    """The user's texts (a sample of them) as batches, else one typical batch."""
+    """The user's texts (a sample of them) or images as batches, else one typical batch."""
     texts = req.get("texts") or []
-    if texts and artifact.tokenizer_path is not None:
+    if req.get("image_batch") is not None:
+        yield req["image_batch"]
+    elif texts and artifact.tokenizer_path is not None:
         from leanify.measure.data import text_batches
 
         wanted = [*names, "attention_mask"]
@@ -215,9 +217,13 @@ def onnx_probe(req: dict[str, Any]) -> dict[str, Any]:
             names = artifact.input_names
             batch = next(_data_batches(artifact, req, names, batch_size=32))
             batch = {k: v for k, v in batch.items() if k in names}
+            if set(batch) != set(names):  # images named for another graph's input
+                req = {**req, "image_batch": None}
+                batch = _typical_batch(artifact, req)
             out["sensitivity"] = sensitivity.per_layer(
                 artifact.path, batch, threads, frozenset(req.get("isa_flags", ())))
             out["sensitivity"]["data"] = "your data" if req.get("texts") else \
+                "your images" if req.get("image_batch") is not None else \
                 "bundled sample text" if artifact.tokenizer_path else "inputs from the signature"
     if matrices:  # after the timing work: weightwatcher brings torch into this process
         _weights(out, sections, matrices)

@@ -321,6 +321,17 @@ def _recommendations(record: dict[str, Any], typ: float | None, overhead: dict[s
                      "before int8"},
             "medium", "outputs change; the accuracy gate judges each candidate on your images",
             f"leanify optimize {model_ref} --task image-fidelity --data YOUR_IMAGES_DIR"))
+    imgs = record.get("images") or {}
+    if imgs.get("smaller"):
+        side, model = imgs["shorter_side"]["p95"], imgs["model_input"]
+        recs.append(_rec(
+            "resolution", f"Run at your images' resolution (about {side} px)",
+            f"95% of your {imgs['images']} images are at most {side} px on the shorter side "
+            f"({imgs['upscaled_share']:.0%} are upscaled to the model's {model['height']}x"
+            f"{model['width']}): the model spends its convolutions on interpolated pixels.",
+            {"kind": "estimated", "speedup": round(1 / max(imgs["work_at_p95"], 1e-3), 2),
+             "text": f"about {imgs['work_at_p95']:.0%} of the convolution work at {side} px"},
+            "high", "needs a model trained or fine-tuned at that resolution; check accuracy"))
     spec = (record.get("spectral") or {}).get("summary") or {}
     if spec.get("under_trained") and spec.get("layers"):
         recs.append(_rec(

@@ -199,6 +199,12 @@ def _inventory(record: dict[str, Any]) -> str:
     if flops:
         rows.append([f"FLOPs at {_point(flops['point'])}",
                      f"{flops['gflops']:.3f} GFLOP ({flops['method']})"])
+    imgs = record.get("images") or {}
+    if imgs.get("images"):
+        side = imgs["shorter_side"]
+        rows.append(["your images", f"{imgs['images']}: shorter side p50 {side['p50']} / p95 "
+                     f"{side['p95']} px (model input {imgs['model_input']['height']}x"
+                     f"{imgs['model_input']['width']}; {imgs['upscaled_share']:.0%} upscaled)"])
     for spec in inv.get("inputs", []):
         rows.append([f"input {spec['name']}", f"{spec['dtype']} {spec['shape']}"])
     for spec in inv.get("outputs", []):

@@ -314,8 +314,8 @@ def _recommendations(record: dict[str, Any], typ: float | None, overhead: dict[s
             "channel-pruning", "Cut the inner channels of its convolution pairs (no training)",
             f"{conv['pairs']} convolution pairs (conv -> activation -> conv) do {share:.0%} of "
             "the multiply-accumulates. leanify optimize cuts their inner channels on your "
-            "images and refits the next convolution by least squares (candidates pruned50-* "
-            "and pruned25-*, then int8).",
+            "images and refits the next convolution by least squares (candidates pruned50-*, "
+            "pruned25-* and pruned12-*, then int8).",
             {"kind": "estimated", "speedup": round(1 / max(left, 1e-3), 2),
              "text": f"the MACs fall to {left:.0%} at {keep:.0%} of the inner channels, "
                      "before int8"},

@@ -23,6 +23,9 @@ from leanify.passes.registry import PassConfig, PassContext, register
 from leanify.runtimes.onnxruntime import run_once
 
 
+MAX_BYTES = 1_500_000_000  # protobuf caps one message at 2 GB
+
+
 @dataclass(frozen=True)
 class PruneOnnxChannelsConfig(PassConfig):
     name: ClassVar[str] = "prune-onnx-channels"
@@ -46,6 +49,12 @@ def prune_onnx_channels_pass(artifact: Artifact, config: PruneOnnxChannelsConfig
             "evaluation split).")
     onnx = require("onnx", "onnx", f"Pass '{config.name}'")
     from leanify.prune.onnx_channels import prune_onnx_channels
+
+    if artifact.size_bytes() > MAX_BYTES:  # the sessions it builds are in-memory protobufs
+        raise LeanifyError(
+            f"pass '{config.name}' takes ONNX CNNs under {MAX_BYTES / 1e9:.1f} GB; "
+            f"{artifact.name} is larger.", path=artifact.path,
+            fix="Choose another candidate for this model.")
 
     model = onnx.load(str(artifact.path))
     pruned, summary = prune_onnx_channels(

@@ -240,7 +240,7 @@ def prune_onnx_channels(model: Any, calibration: Iterable[Mapping[str, np.ndarra
     """A pruned copy of `model` (an onnx.ModelProto, weights loaded) and what was done.
 
     `keep`: the share of each pair's inner channels kept (rounded up to `round_to`);
-    `calibration`: the user's input batches, of which the first `max_images` rows are used.
+    `calibration`: the user's input batches, read until `max_images` rows (whole batches).
     """
     import onnx
     import torch
@@ -288,7 +288,7 @@ def prune_onnx_channels(model: Any, calibration: Iterable[Mapping[str, np.ndarra
         keep=keep, round_to=round_to, macs_before=macs_before,
         macs_after=sum(conv_macs(pruned).values()), params_before=params_before,
         params_after=sum(int(np.prod(t.dims)) for t in pruned.graph.initializer),
-        calibration_images=min(rows, max_images), pairs=reports, skipped=skipped)
+        calibration_images=rows, pairs=reports, skipped=skipped)
     return pruned, summary
 
 

@@ -22,7 +22,6 @@ from leanify.passes.export_onnx import MODEL_FILE
 from leanify.passes.registry import PassConfig, PassContext, register
 from leanify.runtimes.onnxruntime import run_once
 
-
 MAX_BYTES = 1_500_000_000  # protobuf caps one message at 2 GB
 
 

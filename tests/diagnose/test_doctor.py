@@ -193,6 +193,24 @@ def test_an_image_model_reads_your_images(tmp_path):
     assert conv["pairs"] == 0 and conv["macs_per_image"] == (3 * 3 + 3 * 9) * 128 * 128 + 9
 
 
+def test_a_pt2_cnn_is_exported_and_compared_in_onnx_runtime(tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                                 torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU(),
+                                 torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                 torch.nn.Linear(16, 4)).eval()
+    program = torch.export.export(module, (torch.randn(2, 3, 32, 32),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, tmp_path / "cnn.pt2")
+    rec = doctor(tmp_path / "cnn.pt2", DoctorSettings(threads=1))
+    assert rec["sections"]["export"]["status"] == "done", rec["sections"]["export"]
+    assert rec["latency"]["runtimes"]["models"][1]["runtime"] == "onnxruntime"
+    conv = rec["inventory"]["convolutions"]  # the export's view: one prunable pair
+    assert conv["pairs"] == 1 and conv["pair_share"] > 0.9
+
+
 @pytest.mark.acceptance  # TorchScript's doctor also runs on silero (tests/test_array_models.py)
 def test_torchscript_file_not_made_by_leanify(tiny_torchscript):
     rec = doctor(tiny_torchscript, DoctorSettings(threads=1, trust_code=True))

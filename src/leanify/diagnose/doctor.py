@@ -34,7 +34,8 @@ from leanify.models.safety import trusting_code
 
 SCHEMA_VERSION = 1
 TORCH_FORMATS = ("hf", "torchscript", "pt2", "torch-module", "keras")
-EXPORTED = ("hf", "torch-module", "keras")  # exported to ONNX for the runtime comparison
+# exported to ONNX for the runtime comparison
+EXPORTED = ("hf", "torch-module", "keras", "pt2")
 HEAVY_MS = 1000.0  # a typical run slower than this: fewer curve points
 Progress = Callable[[int, int, str], None]
 
@@ -329,7 +330,7 @@ def _doctor(model: str | os.PathLike | Artifact, settings: DoctorSettings,
         if lat.get("runtimes") is None:
             lat["runtimes_note"] = (
                 "the model already runs in ONNX Runtime" if artifact.format == "onnx" else
-                f"leanify exports Hugging Face folders, Keras files and modules to ONNX; a "
+                f"leanify exports Hugging Face folders, Keras, .pt2 files and modules to ONNX; a "
                 f"{artifact.format} file is not compared" if not exported else
                 "the comparison did not finish")
         typ_p50 = next((p["p50_ms"] for p in lat.get("curve", {}).get("points", [])

@@ -92,6 +92,11 @@ def serve_ray(source: Any, limits: Limits, *, host: str, port: int, api_key: str
 
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
              namespace="leanify")
+    # ray.init puts its own SIGTERM handler (sys.exit) on the driver: ours replaces it at
+    # once, so a stop that comes while the deployment starts is a graceful one too
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": host, "port": port})
         scaled = max_replicas is not None and max_replicas > replicas
@@ -111,9 +116,6 @@ def serve_ray(source: Any, limits: Limits, *, host: str, port: int, api_key: str
         serve.run(deployment.bind(source), name="leanify", route_prefix="/")
         say(f"leanify serve --ray: {source.name} on http://{host}:{port}, "
             f"{replicas}{f'-{max_replicas}' if scaled else ''} replicas; ready")
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
         stop.wait()
         say("leanify serve --ray: stopping; draining in-flight requests")
         serve.shutdown()

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from leanify.errors import LeanifyError
+from leanify.runtimes.onnxruntime import session
 
 # elementwise, one input: channel c of the output depends on channel c of the input only
 ELEMENTWISE = ("Relu", "Clip", "LeakyRelu", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh",
@@ -212,16 +213,6 @@ def _with_outputs(model: Any, names: Iterable[str]) -> bytes:
     return probe.SerializeToString()
 
 
-def _session(blob: bytes, threads: int | None):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    return ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
-
-
 def _patches(x: Any, kernel: tuple[int, int], attrs: Mapping[str, Any]) -> Any:
     """im2col of NCHW `x` for a Conv with these attributes: [N * L, C * kh * kw]."""
     import torch
@@ -257,14 +248,13 @@ def prune_onnx_channels(model: Any, calibration: Iterable[Mapping[str, np.ndarra
     if not batches:
         raise LeanifyError("channel pruning needs calibration images; there were none.",
                            fix="Give calibration images (--calibration-data, or more --data).")
-    original = onnx.ModelProto()
-    original.CopyFrom(model)
+    original = model  # read only: the statistics' reference; the copy below is edited
     pruned = onnx.ModelProto()
     pruned.CopyFrom(model)
     pairs, skipped = find_pairs(pruned)
     macs_before = sum(conv_macs(original).values())
     params_before = sum(int(np.prod(t.dims)) for t in original.graph.initializer)
-    reference = _session(_with_outputs(original, [b.output[0] for _a, _mid, b in pairs]),
+    reference = session(_with_outputs(original, [b.output[0] for _a, _mid, b in pairs]),
                          threads)
     reports: list[PairReport] = []
     torch_threads = torch.get_num_threads()
@@ -309,7 +299,7 @@ def _prune_pair(model: Any, reference: Any, a: Any, between: list[Any], b: Any,
     attrs = _attrs(b)
     kernel = tuple(w_b.shape[2:])
     act = between[-1]
-    current = _session(_with_outputs(model, [act.output[0]]), threads)
+    current = session(_with_outputs(model, [act.output[0]]), threads)
     # 1. which channels: the k that span most of B's input, weighted by B's use of each
     xs, second = [], np.zeros((c, c))
     for batch in batches:

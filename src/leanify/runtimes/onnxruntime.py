@@ -25,9 +25,10 @@ LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
           "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
 
-def session(path: str | Path, threads: int | None, settings: Mapping[str, Any] | None = None,
-            optimized_path: Path | None = None):
-    """An InferenceSession on the CPU provider with `settings`; a clear error if it fails."""
+def session(path: str | Path | bytes, threads: int | None,
+            settings: Mapping[str, Any] | None = None, optimized_path: Path | None = None):
+    """An InferenceSession on the CPU provider with `settings`; a clear error if it fails.
+    `path` may also be a serialized model (bytes), as passes build them in memory."""
     ort = require("onnxruntime", "onnx", "Running ONNX models")
     settings = settings or {}
     opts = ort.SessionOptions()
@@ -43,10 +44,12 @@ def session(path: str | Path, threads: int | None, settings: Mapping[str, Any] |
     if optimized_path is not None:
         opts.optimized_model_filepath = str(optimized_path)
     try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts,
+                                    providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own exception types with C++ text
         raise LeanifyError(
-            f"ONNX Runtime could not open the model ({first_line(exc)}).", path=path,
+            f"ONNX Runtime could not open the model ({first_line(exc)}).",
+            path=None if isinstance(path, bytes) else path,
             fix="Check that the model's opset and operators are supported by this "
             "onnxruntime version, or re-export it.") from exc
 

@@ -15,16 +15,16 @@ ROOT = Path(__file__).resolve().parents[1]
 OPENVINO_FAMILY = ("openvino", "openvino-tokenizers", "openvino-genai")
 
 
-def locked() -> dict[str, str]:
+def locked(lock: Path = ROOT / "requirements.lock") -> dict[str, str]:
     pins: dict[str, str] = {}
-    for line in (ROOT / "requirements.lock").read_text(encoding="utf-8").splitlines():
+    for line in lock.read_text(encoding="utf-8").splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
         match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", line)
-        assert match, f"requirements.lock: not an exact pin: {line!r}"
+        assert match, f"{lock.name}: not an exact pin: {line!r}"
         name = canonicalize_name(match[1])
-        assert name not in pins, f"requirements.lock pins {name} twice"
+        assert name not in pins, f"{lock.name} pins {name} twice"
         pins[name] = match[2]
     return pins
 
@@ -63,9 +63,18 @@ def test_no_cuda_packages():
 
 def test_openvino_family_shares_one_version():
     pins = locked()
-    versions = {n: pins[n] for n in OPENVINO_FAMILY if n in pins}
+    versions = {n: Version(pins[n]) for n in OPENVINO_FAMILY if n in pins}  # 2026.4.1.0 == 2026.4.1
     assert "openvino" in versions and "nncf" in pins
     assert len(set(versions.values())) == 1, versions
+
+
+def test_the_llm_exporter_environment_writes_irs_the_main_one_runs():
+    """.venv-optimum exports with the openvino, tokenizers and nncf that run the result."""
+    main, exporter = locked(), locked(ROOT / "envs" / "optimum.lock")
+    for name in ("openvino", "openvino-tokenizers", "nncf", "torch"):
+        assert Version(exporter[name]) == Version(main[name]), name
+    assert "torchvision" not in exporter  # declared by optimum-intel, broken beside CPU torch
+    assert not [n for n in exporter if n.startswith(("nvidia-", "cuda-")) or n == "triton"]
 
 
 def test_openvino_and_nncf_are_pinned_in_pyproject():

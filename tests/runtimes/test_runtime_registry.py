@@ -17,7 +17,8 @@ from leanify.models.load import load
 def test_every_runtime_module_registers_one_runtime():
     found = runtimes.all_runtimes()
     assert list(found) == ["onnxruntime", "openvino", "torch-eager", "torchscript",
-                           "torch-export", "torch-generate", "keras", "litert"]
+                           "torch-export", "torch-generate", "openvino-genai", "keras",
+                           "litert"]
     assert len(runtimes.MODULES) == len(found)
     for runtime in found.values():
         assert runtime.formats and runtime.version(), runtime.name

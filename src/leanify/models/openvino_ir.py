@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from leanify.errors import LeanifyError, first_line, require
+from leanify.models import causal_lm
 from leanify.models.artifact import Artifact, TensorSpec
-from leanify.models.files import int_range, read_sidecar, tokenizer_beside
+from leanify.models.files import int_range, read_json, read_sidecar, tokenizer_beside
 
 IR_NAMES = ("openvino_model.xml", "model.xml")
 DAMAGED = "The IR is damaged or incomplete: re-export it (openvino.save_model) or re-download it."
@@ -54,6 +55,7 @@ def load_openvino(path: Path, name: str) -> Artifact:
     """An `openvino` artifact: inputs from the IR, weights file listed as external data."""
     model = read_ir(path)
     vocab = _embedding_rows(model)
+    llm = _causal_lm_config(path, model)
     inputs = []
     for port in model.inputs:
         input_name = port.get_any_name()
@@ -67,7 +69,9 @@ def load_openvino(path: Path, name: str) -> Artifact:
             shape = tuple(d.get_length() if d.is_static else symbolic[i]
                           for i, d in enumerate(dims))
         low, high = int_range(input_name, vocab.get(input_name))
-        inputs.append(TensorSpec(input_name, dtype, shape, low, high))
+        # a generating LLM's positions and beam index are built by its runtime
+        optional = input_name in LLM_BUILT_INPUTS and llm is not None
+        inputs.append(TensorSpec(input_name, dtype, shape, low, high, optional))
     params = sum(_numel(op) for op in model.get_ops() if op.get_type_name() == "Constant")
     meta: dict[str, Any] = {
         "params": params,
@@ -75,8 +79,35 @@ def load_openvino(path: Path, name: str) -> Artifact:
         "external_data": [str(path.with_suffix(".bin"))],
     }
     meta.update(tokenizer_beside(path))
-    meta = {**read_sidecar(path), **meta}
+    sidecar = read_sidecar(path)
+    if llm is not None:  # a stateful causal-LM export: OpenVINO GenAI generates with it
+        kv = (sidecar.get("runtime") or {}).get("kv_cache_precision", KV_DEFAULT)
+        meta.update({k: v for k, v in causal_lm.shape({**llm, "dtype": kv}).items()
+                     if v is not None}, task=causal_lm.TASK, model_type=llm.get("model_type"),
+                    run_with=sidecar.get("run_with") or "openvino-genai")
+        # the pipeline reads the whole folder: config, tokenizers, generation defaults
+        meta["external_data"] += [str(f) for f in sorted(path.parent.iterdir())
+                                  if f.name in LLM_FILES or (f.suffix in (".xml", ".bin")
+                                  and f.stem in LLM_IRS)]
+    meta = {**sidecar, **meta}
     return Artifact("openvino", path, name, tuple(inputs), meta)
+
+
+LLM_BUILT_INPUTS = ("position_ids", "beam_idx", "attention_mask")
+LLM_FILES = ("config.json", "generation_config.json", "chat_template.jinja")
+LLM_IRS = ("openvino_tokenizer", "openvino_detokenizer")
+KV_DEFAULT = "u8"  # the CPU plugin's KV-cache precision unless told otherwise
+
+
+def _causal_lm_config(path: Path, model: Any) -> dict[str, Any] | None:
+    """config.json of a stateful causal-LM IR (input_ids + beam_idx, as optimum-intel exports
+    for OpenVINO GenAI), else None."""
+    names = {port.get_any_name() for port in model.inputs}
+    config_file = path.parent / "config.json"
+    if not {"input_ids", "beam_idx"} <= names or not config_file.is_file():
+        return None
+    config = read_json(config_file)
+    return config if causal_lm.is_causal_lm(config) else None
 
 
 def _np_dtype(element_type: Any) -> str:

@@ -34,8 +34,11 @@ def usage_snippet(out: Path, selected: dict[str, Any], task: str, threads: int,
     runtime = runtimes.all_runtimes().get(name)
     if runtime is None or runtime.snippet is None:
         return None
-    spec = tasks.get(task)
     head = runtime.snippet(path, selected.get("runtime_settings") or {}, threads)
+    if runtime.generates:  # a causal LM: the runtime's own text-in, text-out pipeline
+        return "\n".join([*head, 'print(generate("What makes a language model lean?"))']) \
+            + "\n"
+    spec = tasks.get(task)
     lines = [*head, "", *spec.snippet_inputs(folder, meta, max_length),
              "outputs = run(feeds)"]
     tail = spec.snippet_outputs(meta)

@@ -15,7 +15,7 @@ from leanify.runtimes.base import Runner, Runtime, check_settings
 
 # module name -> one runtime each; the first runtime listing a format is that format's default
 MODULES = ("onnxruntime", "openvino", "torch_eager", "torchscript", "torch_export",
-           "torch_generate", "keras", "litert")
+           "torch_generate", "openvino_genai", "keras", "litert")
 
 _RUNTIMES: dict[str, Runtime] = {}
 

@@ -41,6 +41,25 @@ TORCH_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
 LM_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
     ("torch-int8-weights", [("lm-int8-dynamic", {})]),
 ]
+# causal LMs on OpenVINO GenAI (when its exporter environment is installed): NNCF weight
+# compression, int8 per channel or int4 in groups, the data-aware int4 calibrated on the
+# user's text. Prompt lookup is speculative decoding that cannot change greedy tokens; it pays
+# when answers repeat their context. SmolLM2-135M, 2 cores, 512-token prompts of held-out
+# text (benchmarks/llm_vs_peers.py): int8 and int4 decode at about the same speed (a model
+# this small is bound by per-layer work, not by weight bytes); prompt lookup 2-2.4x decode.
+INT4_AWQ = {"weights": "int4", "group_size": 64, "awq": True, "scale_estimation": True}
+GENAI_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
+    ("openvino-int8", [("export-openvino-llm", {})]),
+    ("openvino-int4", [("export-openvino-llm", {"weights": "int4", "sym": True,
+                                                "group_size": 64})]),
+    ("openvino-int4-awq", [("export-openvino-llm", INT4_AWQ)]),
+    ("openvino-int8-lookup", [("export-openvino-llm", {}),
+                              ("runtime-settings", {"prompt_lookup": 4})]),
+    ("openvino-int4-awq-lookup", [("export-openvino-llm", INT4_AWQ),
+                                  ("runtime-settings", {"prompt_lookup": 4})]),
+    ("openvino-int8-kv-f16", [("export-openvino-llm", {}),
+                              ("runtime-settings", {"kv_cache_precision": "f16"})]),
+]
 # OpenVINO (when installed), from the plain ONNX export. The inference precision is a runtime
 # setting: OpenVINO runs an fp32 IR in bf16 on CPUs with native bf16 unless told f32, so each
 # precision is its own candidate, evaluated under it. "max_drop" is filled in by the planner.
@@ -76,7 +95,8 @@ RUNTIME_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
 # accuracy-controlled variant that only matters when plain int8 fails the gate, ORT without
 # spinning), and each one costs a build, an evaluation and a timing.
 EXTENDED = frozenset({"onnx-fused", "openvino-fp32", "openvino-int8-f32", "openvino-int8-acc",
-                      "onnx-fused-int8-dynamic-nospin", "torch-int8-dynamic"})
+                      "onnx-fused-int8-dynamic-nospin", "torch-int8-dynamic",
+                      "openvino-int8-kv-f16"})
 # THROUGHPUT splits a batch across streams; a single request then gets one core's worth, so it
 # is only planned when no batch-1 latency is measured.
 BATCH_ONLY = frozenset({"openvino-int8-throughput"})
@@ -267,6 +287,15 @@ def _tflite_recipes(batch_sizes: tuple[int, ...],
             if set(batch_sizes) <= {1} or name in asked]
 
 
+def _genai_recipes() -> list[tuple[str, list[tuple[str, dict]]]]:
+    from leanify.passes.export_openvino_llm import optimum_python
+
+    python = optimum_python()
+    if python is None or not python.exists() or not _installed("openvino_genai"):
+        return []  # the exporter's environment is not installed (make optimum-env)
+    return GENAI_RECIPES
+
+
 def plan(artifact: Artifact, *, only: list[str] | None = None, calibration: bool = True,
          isa_flags: frozenset[str] = frozenset(), training: Training | None = None,
          max_drop: float = 0.5, batch_sizes: tuple[int, ...] = (1,)) -> list[Candidate]:
@@ -281,7 +310,7 @@ def plan(artifact: Artifact, *, only: list[str] | None = None, calibration: bool
     passes = available()
     out: list[Candidate] = []
     if artifact.format == "hf" and artifact.meta.get("task") == "text-generation":
-        onnx_recipes, torch_recipes = [], LM_RECIPES  # timed generating: prefill + decode
+        onnx_recipes, torch_recipes = _genai_recipes(), LM_RECIPES  # timed generating
     elif is_image_model(artifact) and artifact.format in ("onnx", "torch-module", "keras",
                                                           "pt2"):
         # every image recipe works from ONNX; the runtime table holds the int8 ones
@@ -326,6 +355,8 @@ def plan(artifact: Artifact, *, only: list[str] | None = None, calibration: bool
         static = any(step in ("quantize-static", "nncf-quantize", "specialize-inputs",
                               "prune-onnx-channels")
                      or (step == "export-tflite" and params.get("quantize") == "full")
+                     or (step == "export-openvino-llm" and
+                         (params.get("awq") or params.get("scale_estimation")))
                      for step, params in steps)
         if static and not calibration:
             continue

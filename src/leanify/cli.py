@@ -175,6 +175,10 @@ def optimize(
         "--batch-size", "-b", help="Batch sizes, comma-separated (default: 1,32 for text; "
         "the sample's own batch for array models).", show_default=False)] = None,
     seq_len: Annotated[str, typer.Option("--seq-len", "-s")] = "128",
+    max_length: Annotated[int, typer.Option(
+        help="Tokens per text when scoring (perplexity: the window length).")] = 128,
+    new_tokens: Annotated[int, typer.Option(
+        help="Causal LMs: tokens generated per timed request (the prompt is --seq-len).")] = 32,
     threads: Annotated[int | None, typer.Option(
         help="Threads per model (default: all usable cores).", show_default=False)] = None,
     rounds: Annotated[int, typer.Option(help="Interleaved timing rounds per candidate.")] = 3,
@@ -240,7 +244,7 @@ def optimize(
                         max_size_mb=max_size_mb, max_memory_mb=max_memory_mb),
         batch_sizes=tuple(_ints(batch_size, "--batch-size")) if batch_size else (),
         seq_lens=tuple(_ints(seq_len, "--seq-len")), threads=threads, rounds=rounds,
-        final_budget_s=final_budget_s,
+        final_budget_s=final_budget_s, max_length=max_length, new_tokens=new_tokens,
         calibration_size=calibration_size, calibration_data=calibration_data, resume=resume,
         candidates=[c.strip() for c in candidates.split(",")] if candidates else None,
         text_col=text_col, pair_cols=pairs, label_col=label_col, score_col=score_col,

@@ -201,6 +201,8 @@ def _doctor(model: str | os.PathLike | Artifact, settings: DoctorSettings,
     trace = str(check_output(settings.trace, artifact, "--trace")) if settings.trace else None
     for path in settings.outputs:
         check_output(path, artifact)
+    if artifact.meta.get("task") == "text-generation":
+        return _doctor_llm(model, artifact, settings, tick, started, t0)
     images, image_batch, texts, task = None, None, [], settings.task
     if settings.data is not None and image_dims(artifact) is not None and (
             settings.task is None or settings.task.startswith("image")):
@@ -369,6 +371,50 @@ def _doctor(model: str | os.PathLike | Artifact, settings: DoctorSettings,
                                str(settings.data) if settings.data else None, task)
     record["wall_s"] = round(time.perf_counter() - t0, 1)
     tick(total, total, "done")
+    return record
+
+
+def _doctor_llm(model: Any, artifact: Artifact, settings: DoctorSettings, tick: Progress,
+                started: datetime, t0: float) -> dict[str, Any]:
+    """A causal LM: weights, decode's memory bound, prompt lengths, KV cache (diagnose/llm.py)."""
+    from leanify.diagnose.llm import doctor_llm
+
+    texts: list[str] = []
+    if settings.data is not None:
+        from leanify.measure.data import read_dataset
+
+        texts = read_dataset(settings.data, "perplexity").texts or []
+    threads = settings.threads or usable_cores()
+    ref = str(model) if not isinstance(model, Artifact) else model.name
+    record: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION, "tool": "leanify doctor",
+        "started": started.isoformat(timespec="seconds"),
+        "input": {"model": ref, "path": str(artifact.path) if artifact.path else None,
+                  "format": artifact.format, "name": artifact.name},
+        "machine": machine_info(), "warnings": [],
+        "settings": {"data": str(settings.data) if settings.data else None,
+                     "task": "perplexity", "threads": threads, "quick": settings.quick,
+                     "sequence": True, "latency_budget_ms": settings.latency_budget_ms,
+                     "memory_budget_mb": settings.memory_budget_mb,
+                     "typical": {"batch_size": 1, "seq_len": None}},
+        "inventory": inventory.static(artifact),
+    }
+    record["machine"]["cpu_busy_before"] = cpu_busy_fraction()
+    if settings.rate is not None:
+        record["warnings"].append("--rate: serving causal LMs is not measured yet")
+    steps = [0]
+
+    def say(what: str) -> None:
+        tick(steps[0], 5, what)
+        steps[0] += 1
+
+    doctor_llm(ref, artifact, record, texts, str(settings.data) if settings.data else None,
+               threads, settings.quick, settings.latency_budget_ms, settings.memory_budget_mb,
+               say)
+    record["settings"]["typical"]["seq_len"] = record["verdict"]["budgets"]["point"]["seq_len"]
+    record["machine"]["cpu_busy_after"] = cpu_busy_fraction()
+    record["wall_s"] = round(time.perf_counter() - t0, 1)
+    tick(5, 5, "done")
     return record
 
 

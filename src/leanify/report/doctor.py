@@ -138,11 +138,12 @@ def render_doctor_html(record: dict[str, Any]) -> str:
           for w in verdict.get("warnings", [])],
         "<h2>Recommendations</h2>", _recommendations(verdict),
         "<h2>Inventory</h2>", _inventory(record),
-        "<h2>Latency</h2>", _latency(record),
+        *(_llm(record) if record.get("llm") else [
+            "<h2>Latency</h2>", _latency(record),
         "<h2>Where the time goes</h2>", _profile(record),
         "<h2>Dead weight</h2>", _spectral(record), _redundancy(record),
         "<h2>Quantization sensitivity</h2>", _sensitivity(record),
-        "<h2>Context length</h2>", _context(record),
+        "<h2>Context length</h2>", _context(record)]),
         *(["<h2>Serving at your rate</h2>", _serving(record)] if record.get("serving") else []),
         "<h2>What ran</h2>", _sections(record),
         "</body></html>",
@@ -357,6 +358,61 @@ def _context(record: dict[str, Any]) -> str:
                        [[k.replace("_", " "), v["seconds"], f"{v['padding_share']:.0%}",
                          f"{v['saving']:.0%}"] for k, v in pad["strategies"].items()])
     return html
+
+
+def _llm(record: dict[str, Any]) -> list[str]:
+    """A causal LM's sections: weights, decode's memory bound, prompts and the KV cache."""
+    llm = record["llm"]
+    w, bound, gen = llm["weights"], llm["memory_bound"], llm["generation"]
+    rows = [["parameters", _count(w.get("params"))],
+            ["weight bytes", f"{w['weight_bytes'] / 2**20:.1f} MB, "
+                             f"{w.get('bytes_per_weight') or '–'} bytes per weight"],
+            ["layers · heads · KV heads", f"{w.get('layers')} · {w.get('heads')} · "
+                                          f"{w.get('kv_heads')}"],
+            ["context · vocabulary", f"{w.get('context')} · {w.get('vocab_size')}"],
+            ["KV cache per token", f"{w['kv_bytes_per_token']} bytes"
+             if w.get("kv_bytes_per_token") else "–"]]
+    if w.get("source_file"):
+        src = w["source_file"]
+        rows.append(["on disk (GGUF)", f"{src['bytes'] / 2**20:.1f} MB, "
+                                       f"{src['bytes_per_weight']} bytes per weight"])
+    out = ["<h2>Weights</h2>", _table(["", ""], rows)]
+    share = bound.get("share_of_ceiling") or 0
+    out += ["<h2>Decode and the memory-bandwidth ceiling</h2>",
+            f"<p>Memory bandwidth here: {bound['bandwidth_gbs']:.1f} GB/s; a new token reads "
+            f"{bound['bytes_per_token'] / 2**20:.1f} MB, so decode cannot pass "
+            f"{bound['ceiling_tokens_per_s']:.0f} tokens/s. Measured: "
+            f"{bound['decode_tokens_per_s']:.1f} tokens/s ({share:.0%} of the ceiling) at "
+            f"{bound['at_prompt_tokens']} prompt tokens. {escape(bound['rule'])}.</p>"]
+    out += ["<h2>Prompts and the time to first token</h2>",
+            _table(["prompt tokens", "time to first token ms (p50)", "decode tok/s",
+                    "prefill tok/s", "request ms", "peak RSS MB", "KV cache MB"],
+                   [[g["prompt_tokens"], g["ttft_ms"]["p50"], g["decode_tokens_per_s"],
+                     g["prefill_tokens_per_s"], g["e2e_ms"], g["peak_rss_mb"],
+                     g.get("kv_cache_mb")] for g in gen])]
+    series = {"time to first token": [(g["prompt_tokens"], g["ttft_ms"]["p50"]) for g in gen]}
+    out.append(_lines(series, "prompt tokens", "time to first token, ms"))
+    fit = llm.get("ttft_fit")
+    if fit:
+        out.append(f"<p class='small'>Fit: {fit['intercept_ms']:.1f} ms + "
+                   f"{fit['per_token_ms']:.3f} ms per prompt token.</p>")
+    st = llm.get("prompts")
+    if st:
+        out.append(f"<p>Your {st['texts']} prompts: p50 {st['p50']}, p95 {st['p95']}, max "
+                   f"{st['max']} tokens (context {st['max_length']}); the KV cache at the p95 "
+                   f"prompt plus the new tokens holds {llm.get('kv_cache_at_p95_mb')} MB.</p>")
+        out.append(_histogram(st["histogram"], [(st["p50"], "p50"), (st["p95"], "p95")]))
+    else:
+        out.append("<p>Give --data (one prompt per line or row) to see your prompt lengths.</p>")
+    layers = llm.get("layers")
+    if layers:
+        out += ["<h2>Near-identity layers</h2>",
+                f"<p>Mean cosine of each decoder layer's input and output hidden states over "
+                f"{layers['tokens']} tokens; over {layers['threshold']} a layer barely acts "
+                "(the last layer, whose output is normalised, is left out).</p>",
+                _hbars([(f"layer {i}", c) for i, c in enumerate(layers["layer_cosine"])],
+                       "cosine", 4)]
+    return out
 
 
 def _serving(record: dict[str, Any]) -> str:

@@ -75,6 +75,7 @@ class OptimizeSettings:
     calibration_size: int = 300
     calibration_data: Path | None = None  # else a calibration split is held out of `data`
     max_length: int = 128
+    new_tokens: int = 32  # causal LMs: tokens generated per timed request
     resume: bool = False
     candidates: list[str] | None = None
     text_col: str | None = None
@@ -103,6 +104,12 @@ class OptimizeSettings:
                                fix="Use e.g. --final-budget-s 180.")
         if self.targets.max_drop < 0:
             raise LeanifyError("--max-drop must be zero or more.", fix="Use e.g. --max-drop 0.5.")
+        if self.max_length < 2:
+            raise LeanifyError("--max-length must be at least 2 tokens.",
+                               fix="Use e.g. --max-length 512.")
+        if self.new_tokens < 2:
+            raise LeanifyError("--new-tokens must be at least 2 (a first token, then decode).",
+                               fix="Use e.g. --new-tokens 128.")
         if self.training_budget_min is not None:
             if not self.transfer_data:
                 raise LeanifyError(
@@ -437,6 +444,7 @@ def _save_error(out: Path, name: str, text: str) -> Path:
 def _bench_settings(settings: OptimizeSettings, threads: int, rounds: int) -> BenchSettings:
     return BenchSettings(batch_sizes=settings.batch_sizes, seq_lens=settings.seq_lens,
                          prompt_tokens=settings.seq_lens,  # causal LMs: the prompt length
+                         new_tokens=settings.new_tokens,
                          threads=threads, rounds=rounds,
                          sample=str(settings.sample) if settings.sample else None,
                          **TRIAL_TIMING)

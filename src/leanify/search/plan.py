@@ -43,7 +43,9 @@ LM_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
 ]
 # causal LMs on OpenVINO GenAI (when its exporter environment is installed): NNCF weight
 # compression, int8 per channel or int4 in groups, the data-aware int4 calibrated on the
-# user's text. Prompt lookup is speculative decoding that cannot change greedy tokens; it pays
+# user's text (plain int4, symmetric groups of 64 as OpenVINO documents, cost SmolLM2 +19%
+# perplexity and is tried only when asked for). Prompt lookup is speculative decoding that
+# cannot change greedy tokens in exact arithmetic (see passes/runtime_settings.py); it pays
 # when answers repeat their context. SmolLM2-135M, 2 cores, 512-token prompts of held-out
 # text (benchmarks/llm_vs_peers.py): int8 and int4 decode at about the same speed (a model
 # this small is bound by per-layer work, not by weight bytes); prompt lookup 2-2.4x decode.
@@ -296,6 +298,11 @@ def _genai_recipes() -> list[tuple[str, list[tuple[str, dict]]]]:
     return GENAI_RECIPES
 
 
+# with OpenVINO GenAI there, torch's dynamic int8 decode loop is tried only when asked for:
+# on SmolLM2 it decoded at a fraction of OpenVINO int8's speed, and timing it costs minutes
+GENAI_EXTENDED = frozenset({"torch-int8-weights", "openvino-int4"})
+
+
 def plan(artifact: Artifact, *, only: list[str] | None = None, calibration: bool = True,
          isa_flags: frozenset[str] = frozenset(), training: Training | None = None,
          max_drop: float = 0.5, batch_sizes: tuple[int, ...] = (1,)) -> list[Candidate]:
@@ -366,6 +373,8 @@ def plan(artifact: Artifact, *, only: list[str] | None = None, calibration: bool
         only = None
     elif not only:
         skip = EXTENDED | (BATCH_ONLY if min(batch_sizes, default=1) == 1 else frozenset())
+        if any(c.name in dict(GENAI_RECIPES) for c in out):
+            skip |= GENAI_EXTENDED
         out = [c for c in out if c.name not in skip]
     if only:
         unknown = sorted(set(only) - {c.name for c in out})

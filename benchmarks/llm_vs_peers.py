@@ -72,9 +72,10 @@ def build_ov_anchor(folder: Path, work: Path, python: Path) -> Path:
 def build_ort_anchor(folder: Path, work: Path, python: Path) -> Path:
     out = work / "ort-genai-int4"
     if not (out / "genai_config.json").is_file():
-        sh([str(python), "-m", "onnxruntime_genai.models.builder", "-i", str(folder), "-o",
-            str(out), "-p", "int4", "-e", "cpu", "-c", str(work / "ort-cache")],
-           env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        with open(work / "ort-builder.log", "w", encoding="utf-8") as log:  # pages of progress
+            sh([str(python), "-m", "onnxruntime_genai.models.builder", "-i", str(folder), "-o",
+                str(out), "-p", "int4", "-e", "cpu", "-c", str(work / "ort-cache")],
+               env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=log, stderr=subprocess.STDOUT)
     return out
 
 
@@ -183,8 +184,9 @@ def main() -> int:
                 child.calls.append(reply)
         print(f"  round {r + 1} done", flush=True)
 
-    held = np.asarray(tok.encode(HELD_OUT.read_text(encoding="utf-8"),
-                                 add_special_tokens=False).ids)
+    # leanify's perplexity reads a text file's non-empty lines and joins them with newlines
+    lines = [ln for ln in HELD_OUT.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    held = np.asarray(tok.encode("\n".join(lines), add_special_tokens=False).ids)
     wins = windows(held)
     rows = []
     for child in children:
@@ -230,6 +232,14 @@ def main() -> int:
                     f"({fastest_ttft['model']})", t <= 0.8)]
     p = sel["perplexity"] / base["perplexity"] - 1
     m = sel["peak_rss_mb"] / base["peak_rss_mb"]
+    record = json.loads((args.leanify_run / "leanify.json").read_text())
+    details = record["baseline"]["metric"]["details"]
+    if details.get("window") == 512 and Path(str(record["data"])).resolve() == \
+            HELD_OUT.resolve():  # the same text and windows: leanify's own fp32 perplexity
+        agree = record["baseline"]["metric"]["value"] / base["perplexity"] - 1
+        checks.append((f"leanify's fp32 perplexity {record['baseline']['metric']['value']:.3f} "
+                       f"vs this script's {base['perplexity']:.3f} ({100 * agree:+.2f}%)",
+                       abs(agree) <= 0.01))
     checks += [(f"perplexity {100 * p:+.2f}% vs fp32", p <= 0.03),
                (f"peak RSS {m:.2f}x fp32's", m <= 0.5)]
     print()

@@ -133,9 +133,10 @@ def test_the_planner_offers_openvino_candidates_when_the_exporter_is_installed(
         tiny_llama, monkeypatch, tmp_path):
     names = [c.name for c in plan(load(tiny_llama))]
     assert names == ["openvino-int8", "openvino-int4-awq", "openvino-int8-lookup",
-                     "openvino-int4-awq-lookup"]
+                     "openvino-int8-lookup8"]
     everything = [c.name for c in plan(load(tiny_llama), only=["all"])]
-    assert {"torch-int8-weights", "openvino-int4", "openvino-int8-kv-f16"} <= set(everything)
+    assert {"torch-int8-weights", "openvino-int4", "openvino-int8-kv-f16",
+            "openvino-int4-awq-lookup"} <= set(everything)
     awq = next(c for c in plan(load(tiny_llama)) if c.name == "openvino-int4-awq")
     assert awq.needs_calibration
     assert "openvino-int4-awq" not in [c.name for c in plan(load(tiny_llama),

@@ -46,9 +46,11 @@ LM_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
 # user's text (plain int4, symmetric groups of 64 as OpenVINO documents, cost SmolLM2 +19%
 # perplexity and is tried only when asked for). Prompt lookup is speculative decoding that
 # cannot change greedy tokens in exact arithmetic (see passes/runtime_settings.py); it pays
-# when answers repeat their context. SmolLM2-135M, 2 cores, 512-token prompts of held-out
-# text (benchmarks/llm_vs_peers.py): int8 and int4 decode at about the same speed (a model
-# this small is bound by per-layer work, not by weight bytes); prompt lookup 2-2.4x decode.
+# when answers repeat their context; how many tokens it proposes per step is the trade-off
+# (a rejected proposal costs one wider step). SmolLM2-135M, 2 cores, 512-token prompts of
+# Shakespeare (benchmarks/llm_vs_peers.py): int8 85 tokens/s, with lookup 4 about 155-180,
+# with 5-8 about 200-220; int4 with AWQ cost 12% perplexity (so its lookup variant is tried
+# only when asked for).
 INT4_AWQ = {"weights": "int4", "group_size": 64, "awq": True, "scale_estimation": True}
 GENAI_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
     ("openvino-int8", [("export-openvino-llm", {})]),
@@ -57,6 +59,8 @@ GENAI_RECIPES: list[tuple[str, list[tuple[str, dict]]]] = [
     ("openvino-int4-awq", [("export-openvino-llm", INT4_AWQ)]),
     ("openvino-int8-lookup", [("export-openvino-llm", {}),
                               ("runtime-settings", {"prompt_lookup": 4})]),
+    ("openvino-int8-lookup8", [("export-openvino-llm", {}),
+                               ("runtime-settings", {"prompt_lookup": 8})]),
     ("openvino-int4-awq-lookup", [("export-openvino-llm", INT4_AWQ),
                                   ("runtime-settings", {"prompt_lookup": 4})]),
     ("openvino-int8-kv-f16", [("export-openvino-llm", {}),
@@ -300,7 +304,7 @@ def _genai_recipes() -> list[tuple[str, list[tuple[str, dict]]]]:
 
 # with OpenVINO GenAI there, torch's dynamic int8 decode loop is tried only when asked for:
 # on SmolLM2 it decoded at a fraction of OpenVINO int8's speed, and timing it costs minutes
-GENAI_EXTENDED = frozenset({"torch-int8-weights", "openvino-int4"})
+GENAI_EXTENDED = frozenset({"torch-int8-weights", "openvino-int4", "openvino-int4-awq-lookup"})
 
 
 def plan(artifact: Artifact, *, only: list[str] | None = None, calibration: bool = True,

@@ -50,15 +50,20 @@ def test_optimize_selects_an_openvino_genai_model_behind_the_perplexity_gate(llm
     for cand in by_name.values():
         assert cand["status"] == "done", cand.get("reason")
         drop = 100 * (cand["metric"]["value"] / record["baseline"]["metric"]["value"] - 1)
-        assert drop < 3 and cand["accepted"], cand["reason"]
+        assert drop < 3 and not cand["reason"].startswith("accuracy gate"), cand["reason"]
+        folder = Path(cand["artifact"]).parent
+        assert (folder / "openvino_model.xml").is_file()
+        assert (folder / "openvino_tokenizer.xml").is_file()
+    # a 2-layer model is all per-call overhead: whether OpenVINO GenAI beats torch eager at
+    # 64 + 16 tokens varies with the machine (0.86-1.1x seen); on SmolLM2 it is 4.6-10x
+    # (make demo-llm). The selection follows the timing either way.
+    accepted = [c for c in by_name.values() if c["accepted"]]
     selected = record["selected"]
-    assert selected["name"] in by_name and selected["runtime"] == "openvino-genai"
-    model = out / "model"
-    assert (model / "openvino_model.xml").is_file()
-    assert (model / "openvino_tokenizer.xml").is_file()
-    snippet = (out / "snippet.py").read_text() if (out / "snippet.py").exists() else \
-        (out / "report.html").read_text()
-    assert "openvino_genai" in snippet
+    if accepted:
+        assert selected["name"] in by_name and selected["runtime"] == "openvino-genai"
+        assert "openvino_genai" in (out / "report.html").read_text()
+    else:
+        assert all("not faster" in c["reason"] for c in by_name.values())
 
 
 def test_doctor_on_a_causal_lm_reports_the_memory_bound_and_prompt_costs(tiny_llama, text,

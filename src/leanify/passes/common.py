@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from leanify.errors import LeanifyError
+from leanify.errors import LeanifyError, first_line
 from leanify.models.artifact import Artifact
 from leanify.models.files import SIDECAR
 from leanify.models.load import load
@@ -75,6 +76,16 @@ def require_format(artifact: Artifact, formats: tuple[str, ...], pass_name: str,
             f"{artifact.name} is {artifact.format}.",
             path=artifact.path, fix=fix,
         )
+
+
+def require_causal_lm(artifact: Artifact, pass_name: str, fix: str) -> None:
+    """A pass for causal LMs refuses other models (a Hugging Face folder or GGUF file)."""
+    require_format(artifact, ("hf",), pass_name,
+                   "Give the Hugging Face folder (or GGUF file) of the causal LM.")
+    if artifact.meta.get("task") != "text-generation":
+        raise LeanifyError(
+            f"pass '{pass_name}' takes causal language models; {artifact.name} is a "
+            f"{artifact.meta.get('task')} model.", path=artifact.path, fix=fix)
 
 
 def check_batch(artifact: Artifact, ctx: PassContext | None = None,
@@ -178,3 +189,26 @@ def link_or_copy(src: Path, dst: Path, work_dir: Path) -> None:
         except OSError:
             pass
     shutil.copy2(src, dst)
+
+
+def run_worker(argv: list[str], artifact: Artifact, *, timeout_s: float, what: str,
+               fix: str) -> dict[str, Any]:
+    """Run an exporter's worker in its own environment; its facts come back as the last line
+    of its stdout, `{"ok": true, ...}` or `{"ok": false, "error": ...}`. A failure or a timeout
+    is a LeanifyError naming the model: "`what` could not export this model (reason)"."""
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s,
+                              env={**os.environ, "PYTHONNOUSERSITE": "1"})
+    except subprocess.TimeoutExpired as exc:
+        raise LeanifyError(f"{what} ran over {timeout_s:g} s on this model.",
+                           path=artifact.path, fix=fix) from exc
+    last = (proc.stdout.strip().splitlines() or [""])[-1]
+    try:
+        facts = json.loads(last)
+    except json.JSONDecodeError:
+        facts = {"ok": False, "error": first_line(RuntimeError(proc.stderr.strip()[-2000:]
+                                                                or "no output"))}
+    if not facts.get("ok"):
+        raise LeanifyError(f"{what} could not export this model ({facts['error']}).",
+                           path=artifact.path, fix=fix)
+    return facts

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +23,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from leanify.errors import LeanifyError, first_line
+from leanify.errors import LeanifyError
 from leanify.models.artifact import Artifact
-from leanify.passes.common import check_batch, mean_cosine, require_format, write_output
+from leanify.passes.common import (
+    check_batch,
+    mean_cosine,
+    require_causal_lm,
+    run_worker,
+    write_output,
+)
 from leanify.passes.registry import PassConfig, PassContext, register
 
 PYTHON_ENV = "LEANIFY_OPTIMUM_PYTHON"
@@ -67,13 +72,7 @@ class ExportOpenvinoLLMConfig(PassConfig):
 @register(ExportOpenvinoLLMConfig)
 def export_openvino_llm(artifact: Artifact, config: ExportOpenvinoLLMConfig,
                         ctx: PassContext) -> Artifact:
-    require_format(artifact, ("hf",), config.name,
-                   "Give the Hugging Face folder (or GGUF file) of the causal LM.")
-    if artifact.meta.get("task") != "text-generation":
-        raise LeanifyError(
-            f"pass '{config.name}' takes causal language models; {artifact.name} is a "
-            f"{artifact.meta.get('task')} model.", path=artifact.path,
-            fix="Use export-openvino for other models.")
+    require_causal_lm(artifact, config.name, "Use export-openvino for other models.")
     if config.weights not in WEIGHTS:
         raise LeanifyError(f"{config.name}: unknown weights '{config.weights}'.",
                            fix=f"Use one of: {', '.join(WEIGHTS)}.")
@@ -102,8 +101,11 @@ def export_openvino_llm(artifact: Artifact, config: ExportOpenvinoLLMConfig,
                "samples": config.samples, "calibration": calibration}
         job_file.write_text(json.dumps(job), encoding="utf-8")
         try:
-            facts = _run([str(python), str(Path(__file__).with_name("optimum_worker.py")),
-                          str(job_file)], artifact)
+            facts = run_worker(
+                [str(python), str(Path(__file__).with_name("optimum_worker.py")),
+                 str(job_file)], artifact, timeout_s=TIMEOUT_S, what="optimum-intel",
+                fix="Check that transformers in the exporter environment knows the "
+                    "architecture (make optimum-env), or keep the torch model.")
         finally:
             job_file.unlink(missing_ok=True)
         return MODEL_FILE, {"run_with": "openvino-genai", "weight_compression": {
@@ -139,27 +141,6 @@ def _calibration(ctx: PassContext, samples: int) -> list[list[int]]:
         raise LeanifyError("the calibration text gave no token windows.",
                            fix="Give a longer --calibration-data text.")
     return windows[:samples]
-
-
-def _run(argv: list[str], artifact: Artifact) -> dict[str, Any]:
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S,
-                              env={**os.environ, "PYTHONNOUSERSITE": "1"})
-    except subprocess.TimeoutExpired as exc:
-        raise LeanifyError(f"the OpenVINO export ran over {TIMEOUT_S} s.", path=artifact.path,
-                           fix="Export a smaller model.") from exc
-    last = (proc.stdout.strip().splitlines() or [""])[-1]
-    try:
-        facts = json.loads(last)
-    except json.JSONDecodeError:
-        facts = {"ok": False, "error": first_line(RuntimeError(proc.stderr.strip()[-2000:]
-                                                                or "no output"))}
-    if not facts.get("ok"):
-        raise LeanifyError(f"optimum-intel could not export this model ({facts['error']}).",
-                           path=artifact.path,
-                           fix="Check that transformers in the exporter environment knows "
-                           "the architecture (make optimum-env), or keep the torch model.")
-    return facts
 
 
 def _logits(runner: Any, batch: dict[str, Any]) -> dict[str, Any]:

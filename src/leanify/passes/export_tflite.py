@@ -11,9 +11,7 @@ The interpreter: $LEANIFY_LITERT_PYTHON, else `.venv-litert` beside the running 
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +19,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from leanify.errors import LeanifyError, MissingDependencyError, first_line
+from leanify.errors import LeanifyError, MissingDependencyError
 from leanify.models.artifact import Artifact
-from leanify.passes.common import check_agreement, check_batch, mean_cosine, write_output
+from leanify.passes.common import (
+    check_agreement,
+    check_batch,
+    mean_cosine,
+    run_worker,
+    write_output,
+)
 from leanify.passes.registry import PassConfig, PassContext, register
 from leanify.passes.torch_source import torch_outputs, torch_source, wrap
 
@@ -88,7 +92,9 @@ def export_tflite(artifact: Artifact, config: ExportTfliteConfig, ctx: PassConte
         if config.quantize == "full":
             np.savez(work / "calibration.npz", **_calibration(ctx, source.input_names))
             argv += ["--calibration", str(work / "calibration.npz")]
-        _run(argv, artifact)
+        run_worker(argv, artifact, timeout_s=TIMEOUT_S, what="litert-torch",
+                   fix="Export to ONNX instead (export-onnx), or simplify the model's forward "
+                       "(litert-torch converts what torch.export captures).")
         for f in work.iterdir():
             f.unlink()
         work.rmdir()
@@ -136,27 +142,6 @@ def _calibration(ctx: PassContext, names: list[str]) -> dict[str, np.ndarray]:
         if count >= CALIBRATION_ROWS:
             break
     return {f"arg_{i}": np.concatenate(rows[n])[:CALIBRATION_ROWS] for i, n in enumerate(names)}
-
-
-def _run(argv: list[str], artifact: Artifact) -> dict[str, Any]:
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S,
-                              env={**os.environ, "PYTHONNOUSERSITE": "1"})
-    except subprocess.TimeoutExpired as exc:
-        raise LeanifyError(f"the TFLite export ran over {TIMEOUT_S} s.", path=artifact.path,
-                           fix="Export a smaller model, or to ONNX.") from exc
-    last = (proc.stdout.strip().splitlines() or [""])[-1]
-    try:
-        facts = json.loads(last)
-    except json.JSONDecodeError:
-        facts = {"ok": False, "error": first_line(RuntimeError(proc.stderr.strip()[-2000:]
-                                                                or "no output"))}
-    if not facts.get("ok"):
-        raise LeanifyError(f"litert-torch could not convert this model ({facts['error']}).",
-                           path=artifact.path,
-                           fix="Export to ONNX instead (export-onnx), or simplify the model's "
-                           "forward (litert-torch converts what torch.export captures).")
-    return facts
 
 
 def _run_tflite(result: Artifact, batch: dict[str, np.ndarray], nchw: bool,

@@ -25,7 +25,7 @@ from leanify.passes.common import (
     check_batch,
     link_or_copy,
     mean_cosine,
-    require_format,
+    require_causal_lm,
     write_output,
 )
 from leanify.passes.registry import PassConfig, PassContext, register
@@ -43,13 +43,7 @@ class LMInt8DynamicConfig(PassConfig):
 @register(LMInt8DynamicConfig)
 def lm_int8_dynamic(artifact: Artifact, config: LMInt8DynamicConfig,
                     ctx: PassContext) -> Artifact:
-    require_format(artifact, ("hf",), config.name,
-                   "Give the Hugging Face folder (or GGUF file) of the causal LM.")
-    if artifact.meta.get("task") != "text-generation":
-        raise LeanifyError(
-            f"pass '{config.name}' takes causal language models; {artifact.name} is a "
-            f"{artifact.meta.get('task')} model.", path=artifact.path,
-            fix="Use 'torch-dynamic-int8' for other transformers.")
+    require_causal_lm(artifact, config.name, "Use 'torch-dynamic-int8' for other transformers.")
     from leanify.runtimes import open_runner
 
     batch = check_batch(artifact, ctx)

@@ -3,8 +3,8 @@ all-MiniLM-L6-v2 on this machine, under the same open-loop load (`leanify loadte
 
 The question a p95 budget asks of a server: the highest rate of single-sentence requests
 (Poisson arrivals) whose p95 stays within it. Each server runs alone, started fresh, warmed
-up, then loaded at a ramp of rates (10 s each by default); the load generator is the same
-process type for all three.
+up, then loaded at a ramp of rates (10 s each by default, until two rates in a row miss the
+loosest budget); the load generator is the same process type for all three.
 
 - leanify: `leanify serve RUN_DIR` on the model `make demo` selected (RUN_DIR/model), with the
   threads that run measured.
@@ -23,7 +23,9 @@ share it refused with 429, and how fast the refusals came back.
 
 Acceptance (issue 15): at a p95 budget of 50 ms, leanify sustains at least 1.5x infinity's rate
 and at least 3x the plain server's; under 3x overload it answers 429s fast and keeps the p95
-of accepted requests within 2x the budget. Prints the best rate of each and the ratios.
+of accepted requests within 2x the budget. Prints the best rate of each and the ratios, at the
+budget and at looser ones (--also-budgets, from the same runs), so that a peer that holds no
+rate at the budget still has a number.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "data" / "stsb" / "sts-test.csv"
-RATES = "25,50,100,150,200,300,400,600"
+RATES = "2,5,10,15,20,25,35,50,75,100,125,150,175,200,250,300"
 
 PLAIN_SERVER = textwrap.dedent('''
     import sys, threading
@@ -110,9 +112,9 @@ def warm(url: str, body: dict) -> None:
         httpx.post(url, json=body, timeout=30)
 
 
-def load(url: str, args, model: str | None, out: Path, rates: str | None = None) -> dict:
+def load(url: str, args, model: str | None, out: Path, rates: str) -> dict:
     cmd = [sys.executable, "-m", "leanify.cli", "loadtest", url, "--data", str(DATA),
-           "--text-col", "sentence1", "--rates", rates or args.rates,
+           "--text-col", "sentence1", "--rates", rates,
            "--duration", str(args.duration),
            "--p95-budget-ms", str(args.budget_ms), "--json", str(out), "-q"]
     if model:
@@ -123,27 +125,49 @@ def load(url: str, args, model: str | None, out: Path, rates: str | None = None)
 
 def run_server(name: str, cmd: list[str], ready_url: str, url: str, args, model: str | None,
                env: dict | None = None, rates: str | None = None) -> dict:
+    """Start the server, warm it, then load it one rate at a time up the ramp, stopping after
+    two rates in a row that miss the budget (higher ones only take longer to fail)."""
     print(f"-- {name}: {' '.join(cmd)}", flush=True)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
+    points, misses = [], 0
     try:
         wait_ready(ready_url, proc)
         warm(url, {"input": "a warm-up sentence", **({"model": model} if model else {})})
         with tempfile.TemporaryDirectory() as tmp:
-            record = load(url, args, model, Path(tmp) / "load.json", rates)
+            for rate in (rates or args.rates).split(","):
+                p = load(url, args, model, Path(tmp) / "load.json", rate)["points"][0]
+                points.append(p)
+                print(f"   {p['rate_rps']:>6g}/s  p50 {p['p50_ms']} ms  p95 {p['p95_ms']} ms  "
+                      f"answered {p['answered']}/{p['sent']}  429 {p['rejected']}  "
+                      f"errors {p['errors']}  batch p50 {p['server'].get('batch_p50')}  "
+                      f"429 p95 {p['rejected_p95_ms']} ms", flush=True)
+                loosest = max([args.budget_ms, *args.also_budgets])
+                misses = 0 if holds(p, loosest) else misses + 1
+                if misses == 2:
+                    break
     finally:
         proc.terminate()
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
-    for p in record["points"]:
-        print(f"   {p['rate_rps']:>6g}/s  p50 {p['p50_ms']} ms  p95 {p['p95_ms']} ms  "
-              f"answered {p['answered']}/{p['sent']}  429 {p['rejected']}  "
-              f"errors {p['errors']}  batch p50 {p['server'].get('batch_p50')}  "
-              f"429 p95 {p['rejected_p95_ms']} ms", flush=True)
-    print(f"   best rate within p95 {args.budget_ms:g} ms: {record['best_rate_rps']}")
+    record = {"points": points, "best_rate_rps": best_rate(points, args.budget_ms),
+              "also": {b: best_rate(points, b) for b in args.also_budgets}}
+    print(f"   best rate within p95 {args.budget_ms:g} ms: {record['best_rate_rps']}; "
+          + ", ".join(f"within {b:g} ms: {r}" for b, r in record["also"].items()))
     return record
+
+
+def holds(point: dict, budget_ms: float) -> bool:
+    """The loadtest's rule at another budget: p95 within it, under 1% refused or failed."""
+    return (point["p95_ms"] is not None and point["p95_ms"] <= budget_ms
+            and point["rejected_rate"] + point["error_rate"] < 0.01)
+
+
+def best_rate(points: list[dict], budget_ms: float) -> float | None:
+    rates = [p["rate_rps"] for p in points if holds(p, budget_ms)]
+    return max(rates) if rates else None
 
 
 def main() -> None:
@@ -154,8 +178,11 @@ def main() -> None:
     ap.add_argument("--rates", default=RATES)
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--budget-ms", type=float, default=50.0)
+    ap.add_argument("--also-budgets", default="100,200",
+                    help="looser p95 budgets to report best rates at too (from the same runs)")
     args = ap.parse_args()
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    args.also_budgets = [float(b) for b in args.also_budgets.split(",") if b]
     record = json.loads((args.run / "leanify.json").read_text())
     threads = int(record["settings"]["threads"])
     model_file = args.run / record["selected"]["artifact"]
@@ -202,14 +229,16 @@ def main() -> None:
         print(f"overload: accepted p95 {p['p95_ms']} ms (budget {args.budget_ms:g}, "
               f"limit 2x = {2 * args.budget_ms:g}), refused {p['rejected_rate']:.0%} with "
               f"429s in p95 {p['rejected_p95_ms']} ms, errors {p['errors']}")
-    best = {k: r["best_rate_rps"] for k, r in results.items()}
-    print(f"\nbest rate at p95 <= {args.budget_ms:g} ms:", best)
-    mine = best["leanify"] or 0.0
-    for peer, target in (("infinity", 1.5), ("plain", 3.0)):
-        if peer in best:
-            theirs = best[peer]
-            ratio = mine / theirs if theirs else float("inf")
-            print(f"leanify / {peer}: {ratio:.2f}x (target {target}x)")
+    for budget in (args.budget_ms, *args.also_budgets):
+        best = {k: best_rate(r["points"], budget) for k, r in results.items()}
+        print(f"\nbest rate at p95 <= {budget:g} ms:", best)
+        mine = best["leanify"] or 0.0
+        for peer, target in (("infinity", 1.5), ("plain", 3.0)):
+            if peer in best:
+                theirs = best[peer]
+                ratio = (f"{mine / theirs:.2f}x" if theirs else
+                         f"{peer} holds no rate tried (down to {args.rates.split(',')[0]} req/s)")
+                print(f"leanify / {peer}: {ratio} (target {target}x)")
 
 
 if __name__ == "__main__":

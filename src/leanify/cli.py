@@ -468,18 +468,26 @@ def distill(
 def serve(
     model: Annotated[str, typer.Argument(
         help="A run folder from `leanify optimize` (serves its selected model), or any text "
-             "model leanify loads.", show_default=False)],
+             "encoder or causal LM leanify loads.", show_default=False)],
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     max_batch: Annotated[int, typer.Option(help="Inputs per model call, at most.")] = 32,
     max_wait_ms: Annotated[float, typer.Option(
-        help="How long the oldest queued input waits for others to batch with.")] = 5.0,
+        help="How long the oldest queued input waits for others to batch with (0: a batch is "
+             "what queued while the model was busy).")] = 0.0,
     max_queue: Annotated[int, typer.Option(
         help="Inputs waiting, at most; beyond it requests get 429 with Retry-After.")] = 256,
     max_queue_ms: Annotated[float, typer.Option(
-        help="Queued work, in ms at the rate the model sustains, at most (429 beyond): set it "
-             "near your latency budget.")] = 1000.0,
-    timeout_s: Annotated[float, typer.Option(help="Per-request timeout (504).")] = 10.0,
+        help="Work ahead of a request (its own included), in ms at the rate the model "
+             "sustains, at most (429 beyond): set it to your latency budget. Chat models queue "
+             "up to --timeout-s.")] = 1000.0,
+    timeout_s: Annotated[float, typer.Option(
+        help="Per-request timeout (504); for chats, until the first token.")] = 10.0,
+    max_new_tokens: Annotated[int, typer.Option(
+        help="Chat models: tokens per completion, at most.")] = 512,
+    max_sequences: Annotated[int, typer.Option(
+        help="Chat models: chats decoded together (continuous batching), at most; the rest "
+             "wait in the queue.")] = 8,
     max_inputs: Annotated[int, typer.Option(help="Inputs per request, at most.")] = 64,
     max_body_kb: Annotated[int, typer.Option(help="Request body size, at most.")] = 1024,
     api_key: Annotated[str | None, typer.Option(
@@ -505,7 +513,8 @@ def serve(
         show_default=False)] = None,
 ) -> None:
     """An HTTP server for the model: dynamic batching, a bounded queue, OpenAI-shaped
-    /v1/embeddings (or /v1/classify), /health, /ready and Prometheus /metrics."""
+    /v1/embeddings (or /v1/classify, or /v1/chat/completions with streaming for causal LMs),
+    /health, /ready and Prometheus /metrics."""
     from leanify.errors import LeanifyError
     from leanify.serve.app import LOOPBACK, Limits
     from leanify.serve.app import serve as run_server
@@ -517,7 +526,9 @@ def serve(
             fix="Give --api-key KEY (or LEANIFY_API_KEY), or --no-auth if your own network "
                 "guards it; or bind 127.0.0.1.")
     for name, value in (("--max-batch", max_batch), ("--max-queue", max_queue),
-                        ("--max-inputs", max_inputs), ("--max-body-kb", max_body_kb)):
+                        ("--max-inputs", max_inputs), ("--max-body-kb", max_body_kb),
+                        ("--max-new-tokens", max_new_tokens),
+                        ("--max-sequences", max_sequences)):
         if value < 1:
             raise LeanifyError(f"{name} must be at least 1.", fix=f"Give a positive {name}.")
     if max_wait_ms < 0 or timeout_s <= 0 or max_queue_ms <= 0:
@@ -526,12 +537,13 @@ def serve(
     limits = Limits(max_batch=max_batch, max_wait_ms=max_wait_ms,
                     max_queue=max(max_queue, max_inputs), max_queue_ms=max_queue_ms,
                     timeout_s=timeout_s,
-                    max_body_bytes=max_body_kb * 1024, max_inputs=max_inputs)
+                    max_body_bytes=max_body_kb * 1024, max_inputs=max_inputs,
+                    max_new_tokens=max_new_tokens, max_sequences=max_sequences)
     source = resolve(model, tokenizer=str(tokenizer) if tokenizer else None,
                      trust_pickle=trust_pickle, trust_code=trust_code, threads=threads)
-    from leanify.serve.model import ServedModel
+    from leanify.serve.model import check_servable
 
-    ServedModel.check(source.artifact)  # a bad model is exit 2 before the port is bound
+    check_servable(source.artifact)  # a bad model is exit 2 before the port is bound
     if ray:
         if replicas < 1 or (max_replicas is not None and max_replicas < replicas):
             raise LeanifyError("--replicas must be at least 1 and --max-replicas at least "

@@ -1,4 +1,6 @@
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -68,3 +70,28 @@ def server(text_onnx):
                "--timeout-s", "20")
     yield s
     s.stop()
+
+
+TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+@pytest.fixture(scope="session")
+def peaked_llama(tiny_llama, tmp_path_factory):
+    """The tiny Llama with its (tied) embeddings scaled 20x, so its logits have clear winners
+    and greedy decoding is the same under any kernel's rounding; and a chat template."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path_factory.mktemp("peaked_llama")
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(20.0)
+    model.save_pretrained(folder, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tiny_llama / name).is_file():
+            shutil.copy(tiny_llama / name, folder / name)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = TEMPLATE
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder

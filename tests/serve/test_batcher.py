@@ -120,3 +120,19 @@ def test_close_answers_everything_queued_and_a_model_error_reaches_each_request(
     drained, errors = asyncio.run(main())
     assert drained
     assert all(isinstance(e, RuntimeError) for e in errors)
+
+
+def test_the_batch_cost_credits_big_batches_with_their_throughput():
+    from leanify.serve.batcher import BatchCost
+
+    cost = BatchCost()
+    assert cost.seconds(4) == 0.0  # nothing seen: no basis to refuse on
+    for n in (1, 32, 2, 8, 1, 16):  # 5 ms fixed + 1 ms an input
+        cost.observe(n, 0.005 + 0.001 * n)
+    assert cost.seconds(1) == pytest.approx(0.006)
+    assert cost.seconds(32) == pytest.approx(0.037)
+    # 40 queued inputs run as 32 + 8: 37 + 13 ms, not 40 x 6 ms one at a time
+    assert cost.drain(40, 32) == pytest.approx(0.050)
+    alone = BatchCost()
+    alone.observe(4, 0.02)  # one size seen: in proportion
+    assert alone.seconds(2) == pytest.approx(0.01)

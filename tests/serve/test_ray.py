@@ -74,3 +74,52 @@ def test_two_ray_replicas_serve_the_same_endpoints_and_stop_cleanly(text_onnx, p
             proc.kill()
             proc.wait()
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_ray_replicas_serve_chat_completions_whole_and_streamed(peaked_llama, port):
+    import json
+
+    port = port()
+    url = f"http://127.0.0.1:{port}"
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "leanify.cli", "serve", str(peaked_llama),
+                             "--ray", "--replicas", "2", "--port", str(port), "--threads", "1",
+                             "--max-new-tokens", "24"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    body = {"messages": [{"role": "user", "content": "Now is the winter of our discontent"}],
+            "temperature": 0, "max_tokens": 24}
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            try:
+                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise AssertionError("Ray Serve did not become ready in 300 s")
+        whole = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+        assert whole.status_code == 200, whole.text
+        content = whole.json()["choices"][0]["message"]["content"]
+        text = ""
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json={**body, "stream": True},
+                          timeout=120) as r:
+            assert r.status_code == 200
+            lines = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+        assert lines[-1] == "[DONE]"
+        for line in lines[:-1]:
+            text += json.loads(line)["choices"][0]["delta"].get("content", "")
+        assert text == content  # greedy: both replicas give the same answer
+        bad = httpx.post(f"{url}/v1/chat/completions", json={"messages": []}, timeout=60)
+        assert bad.status_code == 422
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(ray_tmp, ignore_errors=True)

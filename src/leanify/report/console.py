@@ -8,6 +8,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from leanify.serve import SERVABLE_TASKS
+
 
 def _fmt_ms(value: float) -> str:
     return f"{value:.2f}" if value < 100 else f"{value:.0f}"
@@ -141,7 +143,7 @@ def _models_table(record: dict[str, Any], console: Console) -> None:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
-SERVABLE_TASKS = ("embedding-similarity", "text-classification")  # what leanify serve serves
+
 
 
 def render_optimize(record: dict[str, Any], console: Console, out_dir: Any) -> None:
@@ -189,6 +191,7 @@ def render_optimize(record: dict[str, Any], console: Console, out_dir: Any) -> N
         console.print(f"runtime: {chosen.get('runtime')}" + (f" ({ran})" if ran else ""),
                       highlight=False)
         if record.get("task") in SERVABLE_TASKS:
-            console.print(f"serve it: leanify serve {out_dir} (dynamic batching; measure it "
-                          "with leanify loadtest)", highlight=False)
+            console.print(f"serve it: leanify serve {out_dir} "
+                          f"({SERVABLE_TASKS[record['task']]}; measure it with leanify "
+                          "loadtest)", highlight=False)
     console.print(f"report: {out_dir}/report.html · record: {out_dir}/leanify.json")

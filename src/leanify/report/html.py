@@ -6,6 +6,8 @@ import math
 from html import escape
 from typing import Any
 
+from leanify.serve import SERVABLE_TASKS
+
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:2rem auto;
 max-width:1100px;color:#1d232a;padding:0 1rem}
@@ -65,10 +67,11 @@ def render_optimize(record: dict[str, Any]) -> str:
     ]
     if selected:
         parts += ["<h2>Use the selected model</h2>", _snippet(record)]
-        if record.get("task") in ("embedding-similarity", "text-classification"):
-            parts.append("<p>Or serve it: <code>leanify serve RUN_FOLDER</code> (dynamic "
-                         "batching, a bounded queue, OpenAI-shaped endpoints), and measure "
-                         "it under load with <code>leanify loadtest</code>.</p>")
+        if record.get("task") in SERVABLE_TASKS:
+            parts.append("<p>Or serve it: <code>leanify serve RUN_FOLDER</code> "
+                         f"({SERVABLE_TASKS[record['task']]}, a bounded queue, OpenAI-shaped "
+                         "endpoints), and measure it under load with <code>leanify "
+                         "loadtest</code>.</p>")
     parts += [
         "<h2>How this was measured</h2>",
         "<p class='small'>Accuracy on the evaluation split (the calibration split never "

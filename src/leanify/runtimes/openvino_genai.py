@@ -33,7 +33,7 @@ from leanify.errors import LeanifyError, require
 from leanify.models.artifact import Artifact
 from leanify.models.openvino_ir import ov_reason
 from leanify.runtimes.base import Runner, Runtime
-from leanify.runtimes.torch_generate import Generation
+from leanify.runtimes.torch_generate import Generation, Sampling
 
 SETTINGS = {
     "prompt_lookup": (int,),
@@ -174,6 +174,46 @@ class GenAIRunner(Runner):
                 f"OpenVINO GenAI returned {tokens.shape[-1]} tokens, not {new_tokens}.",
                 path=self.folder, fix=REEXPORT)
         return Generation(tokens, token_ms)
+
+    # -- serving ------------------------------------------------------------------------------
+
+    def batching_pipeline(self, max_seqs: int, cache_bytes: int) -> Any:
+        """OpenVINO GenAI's continuous batching engine on this folder, what a server runs:
+        requests join and leave the running batch between steps, over a paged KV cache of
+        `cache_bytes` (rounded up to whole GB, as the scheduler takes it)."""
+        genai = require("openvino_genai", "llm", "Serving LLMs on OpenVINO GenAI")
+        scheduler = genai.SchedulerConfig()
+        scheduler.max_num_seqs = int(max_seqs)
+        scheduler.cache_size = max(1, -(-int(cache_bytes) // 10**9))
+        props = properties(self.settings, self.threads)
+        if self.settings.get("prompt_lookup"):
+            props["prompt_lookup"] = True
+        try:
+            return genai.ContinuousBatchingPipeline(str(self.folder), scheduler, "CPU", props)
+        except Exception as exc:
+            raise LeanifyError(
+                f"OpenVINO GenAI could not open this model for serving ({ov_reason(exc)}).",
+                path=self.folder, fix=REEXPORT) from exc
+
+    def sampling_config(self, sampling: Sampling) -> Any:
+        """A served request's GenerationConfig: the measured settings plus its sampling."""
+        import openvino_genai as genai
+
+        config = genai.GenerationConfig()
+        config.max_new_tokens = int(sampling.max_new_tokens)
+        config.stop_token_ids = set(sampling.eos_ids)
+        if sampling.temperature > 0:
+            config.do_sample = True
+            config.temperature = float(sampling.temperature)
+            config.top_p = float(sampling.top_p)
+            if sampling.seed is not None:
+                config.rng_seed = int(sampling.seed)
+        else:
+            config.do_sample = False
+        if self.settings.get("prompt_lookup"):
+            config.num_assistant_tokens = int(self.settings["prompt_lookup"])
+            config.max_ngram_size = int(self.settings.get("max_ngram_size") or NGRAM_DEFAULT)
+        return config
 
     def close(self) -> None:
         self._pipe = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,18 @@ class Generation:
 
     def inter_token_ms(self) -> list[float]:
         return [b - a for a, b in zip(self.token_ms, self.token_ms[1:], strict=False)]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a served request picks its tokens: greedy at temperature 0, else softmax sampling
+    at that temperature within the top_p nucleus; it stops at `max_new_tokens` or an eos id."""
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    eos_ids: tuple[int, ...] = ()
 
 
 class GenerationRunner(HFRunner):
@@ -78,6 +91,44 @@ class GenerationRunner(HFRunner):
                 cache = out.get("cache", out.get("past_key_values"))
                 out = self.model(input_ids=nxt, use_cache=True, **{self.cache_arg: cache})
         return Generation(torch.cat(out_tokens, dim=1).numpy(), stamps)
+
+    def stream(self, ids: list[int], sampling: Sampling,
+               emit: Callable[[list[int]], bool]) -> str:
+        """One request's tokens, each handed to `emit` as it is ready (`emit` returns False to
+        stop early). Returns why it stopped: "stop" (an eos id, or `emit`), or "length"."""
+        torch = self.torch
+        generator = None
+        if sampling.temperature > 0:
+            generator = torch.Generator()
+            generator.manual_seed(sampling.seed if sampling.seed is not None else
+                                  time.perf_counter_ns())
+        extra = {"logits_to_keep": 1} if self.keep_last else {}
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([ids], dtype=torch.int64), use_cache=True,
+                             **extra)
+            for step in range(sampling.max_new_tokens):
+                token = _pick(torch, out.logits[0, -1, :], sampling, generator)
+                if token in sampling.eos_ids:
+                    return "stop"
+                if not emit([token]):
+                    return "stop"
+                if step + 1 == sampling.max_new_tokens:
+                    break
+                cache = out.get("cache", out.get("past_key_values"))
+                out = self.model(input_ids=torch.tensor([[token]], dtype=torch.int64),
+                                 use_cache=True, **{self.cache_arg: cache})
+        return "length"
+
+
+def _pick(torch: Any, logits: Any, sampling: Sampling, generator: Any) -> int:
+    if sampling.temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:  # keep the smallest set of tokens whose mass reaches top_p
+        sorted_p, order = probs.sort(descending=True)
+        keep = sorted_p.cumsum(0) - sorted_p < sampling.top_p
+        probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_p[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 def _open(artifact: Artifact, threads: int | None, trust_pickle: bool = False) -> Any:

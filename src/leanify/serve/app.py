@@ -1,5 +1,6 @@
-"""The HTTP service: OpenAI-shaped endpoints over the dynamic batcher, with limits on what a
-request may ask, API-key auth, health/readiness and Prometheus metrics.
+"""The HTTP service: OpenAI-shaped endpoints over the dynamic batcher (chat completions over
+a chat engine, serve/chat.py), with limits on what a request may ask, API-key auth,
+health/readiness and Prometheus metrics.
 
 Errors use OpenAI's shape, `{"error": {"message", "type", "code"}}`: 400 malformed JSON or an
 input over the model's length, 401 no or wrong key, 404 an endpoint of another model kind,
@@ -16,17 +17,28 @@ import hmac
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request  # at module level: FastAPI resolves the route annotations
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from leanify.serve.batcher import Batcher, QueueFull
+from leanify.serve.batcher import BatchCost, Batcher, QueueFull
+from leanify.serve.chat import (
+    ChatJob,
+    ChatModel,
+    ChatRequest,
+    EngineGone,
+    Finished,
+    TextStream,
+    parse_request,
+)
+from leanify.serve.errors import HTTPError, error_body
 from leanify.serve.metrics import Metrics
-from leanify.serve.model import ServedModel, Source
+from leanify.serve.model import ServedModel, Source, is_chat_model
 
 log = logging.getLogger("leanify.serve")
 OPEN_PATHS = frozenset({"/health", "/ready"})  # probes answer without a key
@@ -36,21 +48,15 @@ WARMUP_TEXT = "A warm-up sentence for the model."
 @dataclass(frozen=True)
 class Limits:
     max_batch: int = 32  # inputs per model call
-    max_wait_ms: float = 5.0  # how long the oldest queued input waits for company
+    max_wait_ms: float = 0.0  # how long the oldest queued input waits for company
     max_queue: int = 256  # inputs waiting; beyond it, 429
-    max_queue_ms: float = 1000.0  # queued work at the model's measured rate; beyond it, 429
+    max_queue_ms: float = 1000.0  # work ahead, own included, at the measured rate; 429 beyond
     timeout_s: float = 10.0  # per request, queue included
     max_body_bytes: int = 1 << 20
     max_inputs: int = 64  # inputs per request
-    max_chars: int = 32_768  # per input, checked before tokenizing
-
-
-class HTTPError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
-                 headers: dict[str, str] | None = None, reason: str = "invalid"):
-        super().__init__(message)
-        self.status, self.message, self.kind = status, message, kind
-        self.headers, self.reason = headers or {}, reason
+    max_chars: int = 32_768  # per input (per message for chats), checked before tokenizing
+    max_new_tokens: int = 512  # per chat completion
+    max_sequences: int = 8  # chats decoded together; more share each step, all slower
 
 
 class BodyLimit:
@@ -65,7 +71,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            return await _send_json(send, 413, _error_body(
+            return await _send_json(send, 413, error_body(
                 f"the request body is over {self.max_bytes} bytes.", "invalid_request_error",
                 413))
         seen, refused = 0, False
@@ -77,7 +83,7 @@ class BodyLimit:
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:  # a streamed body: answer now, the app sees a hang-up
                     refused = True
-                    await _send_json(send, 413, _error_body(
+                    await _send_json(send, 413, error_body(
                         f"the request body is over {self.max_bytes} bytes.",
                         "invalid_request_error", 413))
                     return {"type": "http.disconnect"}
@@ -90,10 +96,6 @@ class BodyLimit:
         await self.app(scope, limited, guarded)
 
 
-def _error_body(message: str, kind: str, status: int) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "code": status}}
-
-
 async def _send_json(send, status: int, body: dict[str, Any]) -> None:
     raw = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
@@ -102,12 +104,29 @@ async def _send_json(send, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": raw})
 
 
-def warmed(source: Source, limits: Limits) -> ServedModel:
-    """The model loaded and run a few times at both ends of what the batcher sends."""
+ENDPOINTS = {"embedding": ("/v1/embeddings", "an embedding"),
+             "classification": ("/v1/classify", "a classification"),
+             "chat": ("/v1/chat/completions", "a chat")}
+
+
+def warmed(source: Source, limits: Limits) -> ServedModel | ChatModel:
+    """The model loaded and run a few times at both ends of what the batcher sends (a chat
+    model: its engine started and two short completions through it; it admits chats while
+    their expected wait is under half the timeout, the estimate's margin)."""
+    if is_chat_model(source.artifact):
+        chat = ChatModel(source, max_running=limits.max_sequences,
+                         max_waiting=limits.max_queue, max_delay_s=limits.timeout_s / 2,
+                         max_new_tokens=limits.max_new_tokens)
+        chat.engine.start()
+        for _ in range(2):
+            chat.complete([{"role": "user", "content": WARMUP_TEXT}])
+        return chat
     model = ServedModel(source)
     for size in (1, limits.max_batch):
         for _ in range(3):
+            start = time.perf_counter()
             model.run([WARMUP_TEXT] * size)
+        model.warm_timings.append((size, time.perf_counter() - start))  # the warm run
     return model
 
 
@@ -116,7 +135,8 @@ class Service:
     and warms one up in the background (`/ready` says when)."""
 
     def __init__(self, source: Source, limits: Limits,
-                 on_fatal: Callable[[BaseException], None], model: ServedModel | None = None):
+                 on_fatal: Callable[[BaseException], None],
+                 model: ServedModel | ChatModel | None = None):
         self.source, self.limits, self.on_fatal = source, limits, on_fatal
         self.metrics = Metrics()
         self.model = model
@@ -132,16 +152,25 @@ class Service:
             self._warm_task = asyncio.get_running_loop().create_task(self._warm())
 
     def _begin(self) -> None:
-        self.batcher = Batcher(self.model.run, max_batch=self.limits.max_batch,
-                               max_wait_ms=self.limits.max_wait_ms,
-                               max_queue=self.limits.max_queue,
-                               max_delay_s=min(self.limits.max_queue_ms / 1000,
-                                               self.limits.timeout_s),
-                               metrics=self.metrics)
-        self.batcher.start()
+        if self.model.kind == "chat":
+            self.model.engine.metrics = self.metrics
+        else:
+            self.batcher = self._batcher()
         self.ready = True
         self.metrics.ready.set(1)
         log.warning("ready: %s (%s)", self.source.name, self.model.kind)
+
+    def _batcher(self) -> Batcher:
+        cost = BatchCost()
+        for size, seconds in self.model.warm_timings:  # the batch cost before any request
+            cost.observe(size, seconds)
+        batcher = Batcher(self.model.run, max_batch=self.limits.max_batch, cost=cost,
+                          max_wait_ms=self.limits.max_wait_ms, max_queue=self.limits.max_queue,
+                          max_delay_s=min(self.limits.max_queue_ms / 1000,
+                                          self.limits.timeout_s),
+                          metrics=self.metrics)
+        batcher.start()
+        return batcher
 
     async def _warm(self) -> None:
         try:
@@ -159,22 +188,26 @@ class Service:
                 await self._warm_task
         if self.batcher is not None:
             await self.batcher.close()  # finishes every accepted request first
-        if self.model is not None:
-            self.model.close()
+        if self.model is not None:  # a chat engine finishes its accepted requests here
+            await asyncio.to_thread(self.model.close)
 
-    async def answer(self, endpoint: str, kind: str, raw: bytes) -> tuple[dict, dict[str, str]]:
-        """Parse, check, queue and shape one request; HTTPError on refusal."""
-        t0 = time.perf_counter()
+    def _serving(self, kind: str) -> Any:
+        """The model, if it is ready and of this kind; HTTPError (503, 404) if not."""
         if not self.ready or self.closing:
             raise HTTPError(503, "the model is still loading; retry shortly." if not
                             self.closing else "the server is shutting down.",
                             "unavailable", {"Retry-After": "1"}, reason="not_ready")
-        model, batcher = self.model, self.batcher
-        if model.kind != kind:
-            other, what = (("/v1/embeddings", "an embedding") if model.kind == "embedding"
-                           else ("/v1/classify", "a classification"))
+        if self.model.kind != kind:
+            other, what = ENDPOINTS[self.model.kind]
             raise HTTPError(404, f"this server serves {what} model: use POST {other}.",
                             reason="wrong_endpoint")
+        return self.model
+
+    async def answer(self, endpoint: str, kind: str, raw: bytes) -> tuple[dict, dict[str, str]]:
+        """Parse, check, queue and shape one request; HTTPError on refusal."""
+        t0 = time.perf_counter()
+        model = self._serving(kind)
+        batcher = self.batcher
         body = _parse(raw)
         texts = self._texts(body)
         encoding_format = body.get("encoding_format", "float")
@@ -203,6 +236,31 @@ class Service:
         timing = {"Server-Timing": f"queue;dur={queue_s * 1e3:.3f}, "
                                    f"model;dur={job.model_s * 1e3:.3f}, batch;dur={job.batch}"}
         return self._shape(model, rows, sum(job.tokens), encoding_format), timing
+
+    async def chat(self, raw: bytes) -> Chat:
+        """Parse, check and queue one chat completion, and wait for its first token."""
+        t0 = time.perf_counter()
+        model: ChatModel = self._serving("chat")
+        request = parse_request(_parse(raw), self.limits.max_chars)
+        ids = await asyncio.to_thread(model.prompt_ids, request.messages)  # long chats take ms
+        sampling = model.sampling(request, len(ids))
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue = asyncio.Queue()
+        job = ChatJob(ids, sampling, lambda item: loop.call_soon_threadsafe(items.put_nowait,
+                                                                              item))
+        try:
+            model.engine.submit(job)
+        except EngineGone as exc:
+            raise HTTPError(503, f"the model is not running ({exc}); see the server log.",
+                            "unavailable", reason="not_ready") from None
+        except QueueFull as exc:
+            raise HTTPError(429, f"the server is at capacity ({model.engine.waiting} "
+                                 f"chats waiting); retry after {exc.retry_after_s} s.",
+                            "rate_limit_exceeded", {"Retry-After": str(exc.retry_after_s)},
+                            reason="queue_full") from None
+        chat = Chat(self, request, job, items, len(ids))
+        await chat.first_item(self.limits.timeout_s - (time.perf_counter() - t0))
+        return chat
 
     def _texts(self, body: dict[str, Any]) -> list[str]:
         value = body.get("input")
@@ -241,6 +299,100 @@ class Service:
         return {"object": "list", "data": data, "model": model.name, "usage": usage}
 
 
+class Chat:
+    """One accepted chat completion: its tokens arrive on `items`, its text in `text`."""
+
+    def __init__(self, service: Service, request: ChatRequest, job: ChatJob,
+                 items: asyncio.Queue, prompt_tokens: int):
+        self.service, self.request, self.job, self.items = service, request, job, items
+        self.model: ChatModel = service.model
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = 0
+        self.text = TextStream(self.model.tokenizer, request.stop)
+        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.first: Any = None
+        self.reason = "stop"
+
+    async def first_item(self, timeout_s: float) -> None:
+        """Wait for the first token (504 past the timeout: the request leaves the queue)."""
+        try:
+            self.first = await asyncio.wait_for(self.items.get(), max(timeout_s, 0.001))
+        except TimeoutError:
+            self.model.engine.cancel(self.job)
+            raise HTTPError(504, f"the request waited over {self.service.limits.timeout_s:g} s "
+                                 "for the model.", "timeout", reason="timeout") from None
+        started = self.job.started or time.monotonic()
+        self.service.metrics.queue_wait.observe(started - self.job.enqueued)
+        self.service.metrics.first_token.observe(time.monotonic() - self.job.enqueued)
+
+    async def deltas(self):
+        """New text as it becomes safe to show, until the model or a stop string ends it."""
+        item = self.first
+        while True:
+            if item is None:
+                item = await self.items.get()
+            if isinstance(item, Finished):
+                self.reason = item.reason
+                break
+            if isinstance(item, BaseException):
+                raise item
+            self.completion_tokens += len(item)
+            self.service.metrics.tokens.inc(len(item))
+            delta = self.text.add(item)
+            if delta:
+                yield delta
+            if self.text.stopped:
+                self.model.engine.cancel(self.job)  # freed at the engine's next step
+                self.reason = "stop"
+                return
+            item = None
+        tail = self.text.flush()
+        if tail:
+            yield tail
+
+    def usage(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
+
+    def chunk(self, delta: dict[str, Any], reason: str | None = None) -> bytes:
+        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model.name,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]}
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+    async def whole(self) -> dict[str, Any]:
+        content = "".join([d async for d in self.deltas()])
+        return {"id": self.id, "object": "chat.completion", "created": self.created,
+                "model": self.model.name,
+                "choices": [{"index": 0, "finish_reason": self.reason,
+                             "message": {"role": "assistant", "content": content}}],
+                "usage": self.usage()}
+
+    async def events(self):
+        """Server-sent events, as OpenAI streams them: a role chunk, content chunks, the
+        finish chunk, a usage chunk if asked for, then [DONE]. A hang-up stops the model."""
+        try:
+            yield self.chunk({"role": "assistant", "content": ""})
+            async for delta in self.deltas():
+                yield self.chunk({"content": delta})
+            yield self.chunk({}, self.reason)
+            if self.request.include_usage:
+                body = {"id": self.id, "object": "chat.completion.chunk",
+                        "created": self.created, "model": self.model.name, "choices": [],
+                        "usage": self.usage()}
+                yield b"data: " + json.dumps(body).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+        except Exception as exc:  # headers are sent: the error goes in the stream
+            log.exception("chat completion failed")
+            yield b"data: " + json.dumps(error_body(
+                f"the model failed on this request ({type(exc).__name__}); see the server "
+                "log.", "server_error", 500)).encode() + b"\n\n"
+        finally:  # done, failed or hung up: the engine lets go of it
+            self.model.engine.cancel(self.job)
+
+
 def _parse(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
@@ -268,7 +420,7 @@ def create_app(source: Source, limits: Limits, *, api_key: str | None = None,
     def refuse(exc: HTTPError, endpoint: str) -> JSONResponse:
         service.metrics.rejections.labels(exc.reason).inc()
         service.metrics.requests.labels(endpoint, str(exc.status)).inc()
-        return JSONResponse(_error_body(exc.message, exc.kind, exc.status), exc.status,
+        return JSONResponse(error_body(exc.message, exc.kind, exc.status), exc.status,
                             headers=exc.headers)
 
     async def auth(request: Request, call_next):
@@ -296,7 +448,7 @@ def create_app(source: Source, limits: Limits, *, api_key: str | None = None,
         except Exception:  # leanify's own failure: a 500 with the reason logged
             log.exception("request failed")
             service.metrics.requests.labels(endpoint, "500").inc()
-            return JSONResponse(_error_body("the model failed on this request; see the "
+            return JSONResponse(error_body("the model failed on this request; see the "
                                             "server log.", "server_error", 500), 500)
         service.metrics.requests.labels(endpoint, "200").inc()
         service.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
@@ -309,6 +461,27 @@ def create_app(source: Source, limits: Limits, *, api_key: str | None = None,
     @app.post("/v1/classify")
     async def classify(request: Request):
         return await route(request, "/v1/classify", "classification")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        endpoint, start = "/v1/chat/completions", time.perf_counter()
+        try:
+            chat = await service.chat(await request.body())
+            if chat.request.stream:
+                service.metrics.requests.labels(endpoint, "200").inc()
+                return StreamingResponse(chat.events(), media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache"})
+            body = await chat.whole()
+        except HTTPError as exc:
+            return refuse(exc, endpoint)
+        except Exception:
+            log.exception("chat completion failed")
+            service.metrics.requests.labels(endpoint, "500").inc()
+            return JSONResponse(error_body("the model failed on this request; see the "
+                                           "server log.", "server_error", 500), 500)
+        service.metrics.requests.labels(endpoint, "200").inc()
+        service.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+        return JSONResponse(body)
 
     @app.get("/v1/models")
     async def models():

@@ -1,12 +1,19 @@
 """Dynamic batching behind a bounded queue.
 
-Requests wait in a queue of at most `max_queue` inputs, and of at most `max_delay_s` of
-work at the rate the model has sustained; beyond either it refuses at once (`QueueFull`, a
-429 with Retry-After) instead of piling up requests that would time out anyway. The
-batch loop takes what is queued when the model is free: up to `max_batch` inputs, waiting at
-most `max_wait_ms` after the oldest one for more to arrive, so a lone request pays at most
-that wait and a burst runs in full batches. Inference runs on one thread of its own, never on
-the event loop: the server keeps accepting, refusing and answering health checks meanwhile.
+Requests wait in a queue of at most `max_queue` inputs, and are admitted only while the work
+ahead of them (the rest of the batch in the model, the queue, their own inputs) takes at most
+`max_delay_s` at the speed the model has shown (`BatchCost`: a batch's fixed cost plus a
+cost per input, so a queue that will run in big batches is credited with their throughput).
+An admitted request is answered in about that time; beyond either bound the batcher refuses
+at once (`QueueFull`, a 429 with Retry-After) instead of piling up requests that would miss
+their budget or time out.
+
+The batch loop takes what is queued when the model is free: up to `max_batch` inputs (fewer
+where a batch would take over half the delay budget), waiting at most `max_wait_ms` after the
+oldest one for more to arrive (0 by default: what queued while the model was busy is the
+batch), so a lone request runs at once and a burst runs in full batches. Inference runs on
+one thread of its own, never on the event loop: the server keeps accepting, refusing and
+answering health checks meanwhile.
 """
 
 from __future__ import annotations
@@ -40,10 +47,41 @@ class Job:
     tokens: list[int] = field(default_factory=list)  # per input
 
 
+class BatchCost:
+    """Seconds a batch of n inputs takes, t(n) = fixed + per_input * n, fitted to the batches
+    seen by exponentially weighted least squares (recent batches count most)."""
+
+    def __init__(self, decay: float = 0.95):
+        self.decay = decay
+        self.w = self.n = self.nn = self.t = self.nt = 0.0
+
+    def observe(self, n: int, seconds: float) -> None:
+        d = self.decay
+        self.w, self.n, self.nn = d * self.w + 1, d * self.n + n, d * self.nn + n * n
+        self.t, self.nt = d * self.t + seconds, d * self.nt + n * seconds
+
+    def seconds(self, n: int) -> float:
+        """The fitted time of a batch of n (0 before any batch was seen)."""
+        if self.w <= 0 or n <= 0:
+            return 0.0
+        mean_n, mean_t = self.n / self.w, self.t / self.w
+        spread = self.nn / self.w - mean_n * mean_n
+        per = (self.nt / self.w - mean_n * mean_t) / spread if spread > 1e-9 else 0.0
+        if per <= 0:  # one batch size seen so far (or noise): its cost, in proportion
+            per = mean_t / mean_n
+        fixed = max(mean_t - per * mean_n, 0.0)
+        return fixed + per * n
+
+    def drain(self, items: int, max_batch: int) -> float:
+        """Seconds to run `items` queued inputs in batches of at most max_batch."""
+        full, rest = divmod(items, max_batch)
+        return full * self.seconds(max_batch) + self.seconds(rest)
+
+
 class Batcher:
     def __init__(self, run: Callable[[list[Any]], tuple[np.ndarray, list[int]]], *, max_batch: int,
                  max_wait_ms: float, max_queue: int, max_delay_s: float = math.inf,
-                 metrics: Any = None):
+                 metrics: Any = None, cost: BatchCost | None = None):
         self.run = run
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
@@ -52,7 +90,9 @@ class Batcher:
         self.metrics = metrics
         self.queue: collections.deque[Job] = collections.deque()
         self.queued_items = 0
-        self.rate = 0.0  # inputs per second the model has sustained (EWMA), for Retry-After
+        self.running_items = 0  # inputs of the batch in the model
+        self.running_since = 0.0
+        self.cost = cost or BatchCost()  # seeded from the warm-up runs, refitted as it serves
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="leanify-model")
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -66,7 +106,7 @@ class Batcher:
         if self._closing:
             raise QueueFull(1)
         queued = self.queued_items + len(items)
-        if queued > self.max_queue or (self.rate > 0 and queued / self.rate > self.max_delay_s):
+        if queued > self.max_queue or self.ahead_s(queued) > self.max_delay_s:
             raise QueueFull(self.retry_after())
         job = Job(items, asyncio.get_running_loop().create_future())
         self.queue.append(job)
@@ -75,11 +115,27 @@ class Batcher:
         self._wakeup.set()
         return job
 
+    def batch_cap(self) -> int:
+        """Inputs per batch: max_batch, or fewer where a batch would take over half the delay
+        budget, so that a request waits at most for the batch in the model, then runs in its
+        own, within the budget."""
+        cap = self.max_batch
+        while cap > 1 and self.cost.seconds(cap) > self.max_delay_s / 2:
+            cap -= 1
+        return cap
+
+    def ahead_s(self, queued: int) -> float:
+        """Seconds until `queued` inputs are answered: the rest of the running batch, then the
+        queue in batches of batch_cap()."""
+        running = 0.0
+        if self.running_items:
+            running = max(self.cost.seconds(self.running_items)
+                          - (time.monotonic() - self.running_since), 0.0)
+        return running + self.cost.drain(queued, self.batch_cap())
+
     def retry_after(self) -> int:
-        """Whole seconds until the queue has drained at the rate measured so far (at least 1)."""
-        if self.rate <= 0:
-            return 1
-        return max(1, math.ceil(self.queued_items / self.rate))
+        """Whole seconds until the queue has drained at the speed seen so far (at least 1)."""
+        return max(1, math.ceil(self.ahead_s(self.queued_items)))
 
     async def close(self) -> None:
         """Finish every queued job, then stop (graceful shutdown)."""
@@ -109,10 +165,10 @@ class Batcher:
                 await asyncio.wait_for(self._wakeup.wait(), left)
             except TimeoutError:
                 break
-        jobs, count = [], 0
+        jobs, count, cap = [], 0, self.batch_cap()
         while self.queue:
             job = self.queue[0]
-            if jobs and count + len(job.items) > self.max_batch:
+            if jobs and count + len(job.items) > cap:
                 break
             self.queue.popleft()
             self.queued_items -= len(job.items)
@@ -135,6 +191,7 @@ class Batcher:
             start = time.monotonic()
             for job in jobs:
                 job.started = start
+            self.running_items, self.running_since = len(items), start
             try:
                 rows, tokens = await loop.run_in_executor(self.executor, self.run, items)
             except Exception as exc:  # the model failed: every request of the batch gets it
@@ -142,9 +199,10 @@ class Batcher:
                     if not job.future.done():
                         job.future.set_exception(exc)
                 continue
+            finally:
+                self.running_items = 0
             took = time.monotonic() - start
-            self.rate = len(items) / took if self.rate <= 0 else \
-                0.8 * self.rate + 0.2 * len(items) / max(took, 1e-6)
+            self.cost.observe(len(items), took)
             if self.metrics is not None:
                 self.metrics.batch_size.observe(len(items))
                 self.metrics.inference.observe(took)

@@ -36,10 +36,16 @@ class Metrics:
         self.inference = Histogram("leanify_inference_seconds",
                                    "One batch: tokenizing and the model",
                                    buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("leanify_batch_size", "Inputs per model call",
+        self.batch_size = Histogram("leanify_batch_size",
+                                    "Inputs per model call (chats: sequences per decode step)",
                                     buckets=BATCH_BUCKETS, registry=r)
-        self.queue_depth = Gauge("leanify_queue_depth", "Inputs waiting for the model",
-                                 registry=r)
+        self.first_token = Histogram("leanify_time_to_first_token_seconds",
+                                     "A chat completion's first token, from queued",
+                                     buckets=LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("leanify_generated_tokens", "Tokens chat completions generated",
+                              registry=r)
+        self.queue_depth = Gauge("leanify_queue_depth",
+                                 "Inputs (chats: requests) waiting for the model", registry=r)
         self.in_flight = Gauge("leanify_in_flight", "Requests read and not yet answered",
                                registry=r)
         self.ready = Gauge("leanify_ready", "1 once the model is loaded and warm", registry=r)

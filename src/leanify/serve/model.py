@@ -2,8 +2,8 @@
 
 A run folder from `leanify optimize` serves its selected model with the thread count it was
 measured with (its runtime settings ride in the model's sidecar); any other model leanify
-loads is served as it is. Text encoders only for now: embeddings (pooled as the task pools
-them) or class probabilities.
+loads is served as it is. Text encoders give embeddings (pooled as the task pools them) or
+class probabilities; causal LMs are chat models (serve/chat.py).
 """
 
 from __future__ import annotations
@@ -77,18 +77,35 @@ def serving_settings(artifact: Artifact) -> Artifact:
                                    "runtime": {**settings, "allow_spinning": False}})
 
 
+def is_chat_model(artifact: Artifact) -> bool:
+    return artifact.meta.get("task") == "text-generation"
+
+
+def check_servable(artifact: Artifact) -> None:
+    """What serving needs, checked before any port is bound: a text encoder or a causal LM
+    with a generating runtime, and its tokenizer."""
+    from leanify.runtimes import generator_for
+    from leanify.tasks.text import tokenizer_folder
+
+    if is_chat_model(artifact):
+        generator_for(artifact)
+        tokenizer_folder(artifact)
+    else:
+        ServedModel.check(artifact)
+
+
 class ServedModel:
     """Tokenizer + runner; `run` tokenizes and runs one batch, on the model thread."""
 
     @staticmethod
     def check(artifact: Artifact) -> None:
-        """What serving needs, checked before any port is bound: a text model, a tokenizer."""
+        """A text encoder (embeddings, classifiers) with its tokenizer."""
         from leanify.tasks.text import is_text_model, tokenizer_folder
 
-        if not is_text_model(artifact):
+        if not is_text_model(artifact) or is_chat_model(artifact):
             raise LeanifyError(
-                "leanify serve takes text encoders (embeddings, classifiers) for now; this "
-                f"model's inputs are {', '.join(artifact.input_names) or 'unknown'}.",
+                "leanify serve takes text encoders (embeddings, classifiers) and causal LMs "
+                f"(chat); this model's inputs are {', '.join(artifact.input_names) or 'unknown'}.",
                 path=artifact.path, fix="Serve a text model, or use the usage snippet in the "
                 "optimize report inside your own service.")
         tokenizer_folder(artifact)
@@ -114,6 +131,7 @@ class ServedModel:
         self.batch_tokenizer.enable_truncation(max_length=self.max_length)
         self.runner = open_runner(artifact, source.threads)
         self.names = list(self.runner.input_names)
+        self.warm_timings: list[tuple[int, float]] = []  # (batch, seconds) of warm-up runs
         labels = artifact.meta.get("labels") or {}
         self.labels = ({int(k): str(v) for k, v in labels.items()} if isinstance(labels, dict)
                        else dict(enumerate(map(str, labels))))

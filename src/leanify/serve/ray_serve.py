@@ -16,7 +16,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from leanify.serve.app import OPEN_PATHS, HTTPError, Limits, _error_body
+from leanify.serve.app import OPEN_PATHS, Limits
+from leanify.serve.errors import HTTPError, error_body
 
 
 def _deployment(limits: Limits, api_key: str | None):
@@ -25,7 +26,7 @@ def _deployment(limits: Limits, api_key: str | None):
     import json
 
     from starlette.requests import Request
-    from starlette.responses import JSONResponse
+    from starlette.responses import JSONResponse, StreamingResponse
 
     from leanify.serve.app import Service, warmed
 
@@ -50,20 +51,31 @@ def _deployment(limits: Limits, api_key: str | None):
                         raise HTTPError(401, "a valid API key is required (Authorization: "
                                              "Bearer KEY).", "authentication_error",
                                         {"WWW-Authenticate": "Bearer"})
-                body, headers = await self._route(request, path)
+                if request.method == "POST" and path == "/v1/chat/completions":
+                    self._check_length(request)
+                    chat = await self.service.chat(await request.body())
+                    if chat.request.stream:
+                        return StreamingResponse(chat.events(), media_type="text/event-stream",
+                                                 headers={"X-Leanify-Replica": self.pid})
+                    body, headers = await chat.whole(), {}
+                else:
+                    body, headers = await self._route(request, path)
             except HTTPError as exc:
-                return JSONResponse(_error_body(exc.message, exc.kind, exc.status), exc.status,
+                return JSONResponse(error_body(exc.message, exc.kind, exc.status), exc.status,
                                     headers={**exc.headers, "X-Leanify-Replica": self.pid})
             return JSONResponse(body, headers={**headers, "X-Leanify-Replica": self.pid})
+
+        @staticmethod
+        def _check_length(request: Request) -> None:
+            length = request.headers.get("content-length", "0")
+            if not length.isdigit() or int(length) > limits.max_body_bytes:
+                raise HTTPError(413, f"the request body is over {limits.max_body_bytes} bytes.")
 
         async def _route(self, request: Request, path: str) -> tuple[dict, dict[str, str]]:
             service = self.service
             kinds = {"/v1/embeddings": "embedding", "/v1/classify": "classification"}
             if request.method == "POST" and path in kinds:
-                length = request.headers.get("content-length", "0")
-                if not length.isdigit() or int(length) > limits.max_body_bytes:
-                    raise HTTPError(413, f"the request body is over {limits.max_body_bytes} "
-                                         "bytes.")
+                self._check_length(request)
                 return await service.answer(path, kinds[path], await request.body())
             if path == "/health":
                 return {"status": "ok"}, {}

@@ -322,8 +322,6 @@ class Chat:
             self.model.engine.cancel(self.job)
             raise HTTPError(504, f"the request waited over {self.service.limits.timeout_s:g} s "
                                  "for the model.", "timeout", reason="timeout") from None
-        started = self.job.started or time.monotonic()
-        self.service.metrics.queue_wait.observe(started - self.job.enqueued)
         self.service.metrics.first_token.observe(time.monotonic() - self.job.enqueued)
 
     async def deltas(self):

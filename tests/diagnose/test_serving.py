@@ -49,3 +49,14 @@ def test_doctor_rate_measures_both_modes_and_reports_them(text_onnx, tmp_path):
         assert m["p95_ms"] >= m["p50_ms"] > 0 and m["model_p50_ms"] > 0
     assert served["per_request"]["batch_p50"] == 1
     assert "Serving at your rate" in html.read_text()
+
+
+def test_a_chat_server_is_recommended_for_continuous_batching():
+    served = {"rate_rps": 2, "kind": "chat", "per_request": _mode(9000, 16000, batch=None),
+              "dynamic_batching": _mode(4000, 6000, batch=None), "p95_gain": 16000 / 6000,
+              "server_overhead_share": None}
+    (rec,) = _serving_recommendation(served, "out/llm")
+    assert rec["title"] == "Serve with continuous batching"
+    assert "decoding concurrent chats together had 6000 ms" in rec["why"]
+    assert _serving_reasons(served, budget_ms=10_000)[0].startswith(
+        "at 2 requests/s, one request at a time has a p95 of 16000 ms")

@@ -217,6 +217,30 @@ def test_sigterm_finishes_the_streams_in_flight_and_exits_0(peaked_openvino, sta
         s.stop()
 
 
+def test_doctor_rate_serves_a_chat_model_both_ways_and_weighs_it(peaked_openvino, tmp_path):
+    import subprocess
+    import sys
+
+    out, html = tmp_path / "doctor.json", tmp_path / "doctor.html"
+    proc = subprocess.run([sys.executable, "-m", "leanify.cli", "doctor",
+                           str(peaked_openvino.path), "--rate", "3", "--quick", "--json",
+                           str(out), "--html", str(html), "-q"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(out.read_text())
+    served = record["serving"]
+    assert served["kind"] == "chat" and served["rate_rps"] == 3
+    for mode in ("per_request", "dynamic_batching"):
+        m = served[mode]
+        assert m["sent"] >= 15 and m["answered"] > 0 and m["p95_ms"] >= m["p50_ms"] > 0
+    assert not any("--rate" in w for w in record["warnings"])
+    if (served["p95_gain"] or 0) >= 1.2:  # the verdict follows the measurement either way
+        assert "serve" in [r["action"] for r in record["verdict"]["recommendations"]]
+    else:
+        assert "serve" not in [r["action"] for r in record["verdict"]["recommendations"]]
+    assert "continuous batching" in html.read_text()
+
+
 # --- end to end: torch (one request at a time) ---------------------------------------------
 
 @pytest.fixture(scope="module")

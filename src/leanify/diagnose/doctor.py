@@ -400,31 +400,32 @@ def _doctor_llm(model: Any, artifact: Artifact, settings: DoctorSettings, tick: 
         "inventory": inventory.static(artifact),
     }
     record["machine"]["cpu_busy_before"] = cpu_busy_fraction()
-    if settings.rate is not None:
-        record["warnings"].append("--rate: serving causal LMs is not measured yet")
-    steps = [0]
+    steps, total = [0], 5 + (settings.rate is not None)
 
     def say(what: str) -> None:
-        tick(steps[0], 5, what)
+        tick(steps[0], total, what)
         steps[0] += 1
 
+    if settings.rate is not None:  # before the verdict, which weighs it
+        say(f"serving at {settings.rate:g} requests/s")
+        record["serving"] = _serve(model, artifact, settings, texts, threads, record)
     doctor_llm(ref, artifact, record, texts, str(settings.data) if settings.data else None,
                threads, settings.quick, settings.latency_budget_ms, settings.memory_budget_mb,
                say)
     record["settings"]["typical"]["seq_len"] = record["verdict"]["budgets"]["point"]["seq_len"]
     record["machine"]["cpu_busy_after"] = cpu_busy_fraction()
     record["wall_s"] = round(time.perf_counter() - t0, 1)
-    tick(5, 5, "done")
+    tick(total, total, "done")
     return record
 
 
 def _serve(model: Any, artifact: Artifact, settings: DoctorSettings, texts: list[str],
            threads: int, record: dict[str, Any]) -> dict[str, Any] | None:
     from leanify.diagnose.serving import serving
-    from leanify.serve.model import ServedModel
+    from leanify.serve.model import check_servable, is_chat_model
 
     try:
-        ServedModel.check(artifact)
+        check_servable(artifact)
     except LeanifyError as exc:
         record["warnings"].append(f"--rate: not measured ({exc.message})")
         return None
@@ -434,8 +435,10 @@ def _serve(model: Any, artifact: Artifact, settings: DoctorSettings, texts: list
     extra = [*(("--tokenizer", settings.tokenizer) if settings.tokenizer else ()),
              *(("--trust-pickle",) if settings.trust_pickle else ()),
              *(("--trust-code",) if settings.trust_code else ())]
+    chat = is_chat_model(artifact)
     return serving(str(model), settings.rate, texts, threads, extra=tuple(extra),
-                   duration_s=4.0 if settings.quick else 10.0)
+                   duration_s=(10.0 if settings.quick else 30.0) if chat else
+                   (4.0 if settings.quick else 10.0), chat=chat)
 
 
 def _merge(record: dict[str, Any], result: dict[str, Any], parent: Sections) -> None:

@@ -179,7 +179,13 @@ def verdict(record: dict[str, Any], model_ref: str, data_ref: str | None,
             budget_ms: float | None, memory_budget_mb: float | None) -> dict[str, Any]:
     import shlex
 
-    from leanify.diagnose.verdict import DEFAULT_LATENCY_MS, MEMORY_SHARE, _rec
+    from leanify.diagnose.verdict import (
+        DEFAULT_LATENCY_MS,
+        MEMORY_SHARE,
+        _rec,
+        _serving_reasons,
+        _serving_recommendation,
+    )
 
     llm = record["llm"]
     inv, gen, bound_info = llm["weights"], llm["generation"], llm["memory_bound"]
@@ -242,6 +248,9 @@ def verdict(record: dict[str, Any], model_ref: str, data_ref: str | None,
              "text": "a depth-pruned student drops them; it needs distillation (not yet in "
                      "leanify for causal LMs)"}, "high",
             "dropping layers without distillation changes the output"))
+    served = record.get("serving")  # doctor --rate: the chat server at the user's rate
+    system += _serving_reasons(served, budget)
+    recs += _serving_recommendation(served, model_ref)
     for i, r in enumerate(recs, 1):
         r["rank"] = i
     bound = "system" if system else "model"

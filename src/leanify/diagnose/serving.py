@@ -2,9 +2,11 @@
 
 The model is served twice by `leanify serve` on loopback, each in its own process: one
 request at a time (batch 1, no wait: what a plain service does) and with dynamic batching
-(the defaults). Each gets the same open-loop Poisson load at R requests/s of the user's own
-texts (`leanify loadtest`). The server's Server-Timing splits each request into its time in
-the queue, in the model (tokenizing included) and the rest (HTTP, JSON and the client).
+(the defaults; for a chat model, one chat at a time against continuous batching). Each gets
+the same open-loop Poisson load at R requests/s of the user's own texts (`leanify loadtest`;
+a chat model gets each as a user message, 64 new tokens). The server's Server-Timing splits
+each encoder request into its time in the queue, in the model (tokenizing included) and the
+rest (HTTP, JSON and the client).
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from typing import Any
 from leanify.errors import LeanifyError
 
 MODES = {"per_request": ["--max-batch", "1", "--max-wait-ms", "0"], "dynamic_batching": []}
+CHAT_MODES = {"per_request": ["--max-sequences", "1"], "dynamic_batching": []}
+PATHS = {"embedding": "/v1/embeddings", "classification": "/v1/classify",
+         "chat": "/v1/chat/completions"}
+CHAT_TIMEOUT_S = 120.0  # a chat answers in seconds: give it the time to, not 10 s
 SAMPLE_TEXTS = ["A girl is styling her hair.", "A group of men play soccer on the beach.",
                 "One woman is measuring another woman's ankle.", "A man is cutting up a cucumber.",
                 "A man is playing a harp.", "A woman is slicing an onion."]
@@ -66,20 +72,22 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def serving(model: str, rate: float, texts: list[str], threads: int, *,
-            duration_s: float = 8.0, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+            duration_s: float = 8.0, extra: tuple[str, ...] = (),
+            chat: bool = False) -> dict[str, Any]:
     """Both modes at `rate` requests/s: p50/p95, refusals and the server's split."""
     from leanify.serve.loadtest import LoadSettings, run_loadtest
 
     texts = [t for t in texts if t.strip()][:2000] or SAMPLE_TEXTS
     out: dict[str, Any] = {"rate_rps": rate, "duration_s": duration_s, "threads": threads,
-                           "texts": len(texts)}
-    for mode, args in MODES.items():
+                           "texts": len(texts), "kind": "chat" if chat else "encoder"}
+    for mode, args in (CHAT_MODES if chat else MODES).items():
         port = _free_port()
         proc = _start(model, port, threads, [*args, *extra])
         try:
-            path = "/v1/embeddings" if _kind(port) == "embedding" else "/v1/classify"
-            record = run_loadtest(LoadSettings(url=f"http://127.0.0.1:{port}{path}",
-                                               rates=(rate,), duration_s=duration_s), texts)
+            url = f"http://127.0.0.1:{port}{PATHS[_kind(port)]}"
+            record = run_loadtest(LoadSettings(
+                url=url, rates=(rate,), duration_s=duration_s,
+                timeout_s=CHAT_TIMEOUT_S if chat else 10.0), texts)
         finally:
             _stop(proc)
         point = record["points"][0]

@@ -63,7 +63,7 @@ def _serving_reasons(served: dict[str, Any], budget_ms: float) -> list[str]:
         reasons.append(
             f"at {rate:g} requests/s, one request at a time has a p95 of {per['p95_ms']} ms"
             + (f" and refuses or loses {refused:.0%}" if refused >= 0.01 else "")
-            + f" (with dynamic batching: {batched['p95_ms']} ms): the queue, not the model, "
+            + f" (batched: {batched['p95_ms']} ms): the queue, not the model, "
             "is where the time goes")
     share = served.get("server_overhead_share")
     if share is not None and share > SERVER_BOUND:
@@ -77,14 +77,18 @@ def _serving_recommendation(served: dict[str, Any], model_ref: str) -> list[dict
     if not gain or gain < BATCHING_PAYS:
         return []
     per, batched = served["per_request"], served["dynamic_batching"]
+    if served.get("kind") == "chat":
+        title, how = "Serve with continuous batching", "decoding concurrent chats together"
+    else:
+        title = "Serve with dynamic batching"
+        how = f"batching requests that arrive together (median batch {batched['batch_p50']})"
     return [_rec(
-        "serve", "Serve with dynamic batching",
+        "serve", title,
         f"At {served['rate_rps']:g} requests/s, one request at a time had a p95 of "
-        f"{per['p95_ms']} ms; batching requests that arrive together (median batch "
-        f"{batched['batch_p50']}) had {batched['p95_ms']} ms.",
+        f"{per['p95_ms']} ms; {how} had {batched['p95_ms']} ms.",
         {"kind": "measured", "speedup": gain,
          "text": f"p95 {gain:.1f}× lower at your rate (leanify loadtest, both measured)"},
-        "none", "the outputs are the same; a lone request waits at most 5 ms for company",
+        "none", "the outputs are the same; a lone request runs at once",
         f"leanify serve {model_ref}")]
 
 

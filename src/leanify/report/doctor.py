@@ -423,9 +423,10 @@ def _serving(record: dict[str, Any]) -> str:
         rows.append([mode.replace("_", " "), m["p50_ms"], m["p95_ms"], m["throughput_rps"],
                      f"{m['rejected_rate'] + m['error_rate']:.1%}", m["batch_p50"],
                      m["queue_p50_ms"], m["model_p50_ms"], m["http_and_client_p50_ms"]])
+    batching = "continuous" if sv.get("kind") == "chat" else "dynamic"
     return (f"<p>leanify serve at {sv['rate_rps']:g} requests/s for {sv['duration_s']:g} s "
             "each, Poisson arrivals of your texts (leanify loadtest), one request at a time "
-            "and with dynamic batching.</p>"
+            f"and with {batching} batching.</p>"
             + _table(["mode", "p50 ms", "p95 ms", "answered /s", "refused", "batch p50",
                       "queue p50 ms", "model p50 ms", "HTTP+client p50 ms"], rows))
 

@@ -112,6 +112,13 @@ def test_a_chat_completion_is_the_models_own_greedy_answer(ov_server, peaked_ope
     assert body["usage"]["completion_tokens"] == n
 
 
+def test_sampling_on_openvino_follows_the_seed(ov_server):
+    a, b = (ask(ov_server.url, "Sample me", temperature=1.5, top_p=0.95, seed=11,
+                max_tokens=16).json() for _ in range(2))
+    assert a["choices"][0]["message"] == b["choices"][0]["message"]
+    assert a["usage"]["completion_tokens"] > 0
+
+
 def test_concurrent_chats_share_decode_steps_and_keep_their_own_answers(ov_server):
     prompts = [f"Tell me about the {w}." for w in ("sea", "king", "night", "rose")]
     alone = [ask(ov_server.url, p, max_tokens=32).json()["choices"][0]["message"]["content"]

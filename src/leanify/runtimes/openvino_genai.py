@@ -206,8 +206,9 @@ class GenAIRunner(Runner):
             config.do_sample = True
             config.temperature = float(sampling.temperature)
             config.top_p = float(sampling.top_p)
-            if sampling.seed is not None:
-                config.rng_seed = int(sampling.seed)
+            # unseeded requests differ from each other (the pipeline's default seed is 0)
+            config.rng_seed = int(sampling.seed if sampling.seed is not None else
+                                  time.perf_counter_ns() % (1 << 31))
         else:
             config.do_sample = False
         if self.settings.get("prompt_lookup"):

@@ -2,7 +2,8 @@
 
 One engine per server runs the model in a process of its own (`EngineProcess`), never beside
 the event loop: OpenVINO GenAI's `step()` holds the GIL for a whole decode step, which in the
-server's process would stall health checks, refusals and streamed tokens at every step.
+server's process would stall health checks, refusals and streamed tokens at every step. The
+engine is
 - on OpenVINO GenAI, its continuous batching pipeline: a request joins the running batch at
   the next decode step and leaves it when it is done, so concurrent chats share each step (the
   LLM form of dynamic batching) instead of queueing behind each other;

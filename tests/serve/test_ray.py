@@ -2,6 +2,8 @@
 
 import asyncio
 import collections
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -14,21 +16,18 @@ import httpx
 import numpy as np
 
 
-def test_two_ray_replicas_serve_the_same_endpoints_and_stop_cleanly(text_onnx, port):
-
-    from leanify.models.load import load
-    from leanify.runtimes import open_runner
-    from leanify.tasks.text import embed
-
-    port = port()
+@contextlib.contextmanager
+def ray_server(model, port: int, *args: str):
+    """`leanify serve MODEL --ray --replicas 2` on `port`, ready: yields (process, url); kills
+    it and removes Ray's folder however the test ends."""
     url = f"http://127.0.0.1:{port}"
     # Ray's socket paths must stay under 108 bytes: a short folder of its own
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "leanify.cli", "serve", str(text_onnx),
-                             "--ray", "--replicas", "2", "--port", str(port), "--threads", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "leanify.cli", "serve", str(model),
+                             "--ray", "--replicas", "2", "--port", str(port), "--threads", "1",
+                             *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env=env)
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -41,7 +40,21 @@ def test_two_ray_replicas_serve_the_same_endpoints_and_stop_cleanly(text_onnx, p
             time.sleep(0.5)
         else:
             raise AssertionError("Ray Serve did not become ready in 300 s")
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
+
+def test_two_ray_replicas_serve_the_same_endpoints_and_stop_cleanly(text_onnx, port):
+
+    from leanify.models.load import load
+    from leanify.runtimes import open_runner
+    from leanify.tasks.text import embed
+
+    with ray_server(text_onnx, port()) as (proc, url):
         async def burst():
             async with httpx.AsyncClient(timeout=60) as client:
                 return await asyncio.gather(*(client.post(
@@ -69,39 +82,12 @@ def test_two_ray_replicas_serve_the_same_endpoints_and_stop_cleanly(text_onnx, p
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(120) == 0
         assert "stopped" in proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_ray_replicas_serve_chat_completions_whole_and_streamed(peaked_llama, port):
-    import json
-
-    port = port()
-    url = f"http://127.0.0.1:{port}"
-    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "leanify.cli", "serve", str(peaked_llama),
-                             "--ray", "--replicas", "2", "--port", str(port), "--threads", "1",
-                             "--max-new-tokens", "24"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=env)
     body = {"messages": [{"role": "user", "content": "Now is the winter of our discontent"}],
             "temperature": 0, "max_tokens": 24}
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise AssertionError("Ray Serve did not become ready in 300 s")
+    with ray_server(peaked_llama, port(), "--max-new-tokens", "24") as (proc, url):
         whole = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
         assert whole.status_code == 200, whole.text
         content = whole.json()["choices"][0]["message"]["content"]
@@ -118,8 +104,3 @@ def test_ray_replicas_serve_chat_completions_whole_and_streamed(peaked_llama, po
         assert bad.status_code == 422
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(120) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -421,6 +421,18 @@ def create_app(source: Source, limits: Limits, *, api_key: str | None = None,
         return JSONResponse(error_body(exc.message, exc.kind, exc.status), exc.status,
                             headers=exc.headers)
 
+    def failed(endpoint: str) -> JSONResponse:
+        log.exception("request failed")
+        service.metrics.requests.labels(endpoint, "500").inc()
+        return JSONResponse(error_body("the model failed on this request; see the server "
+                                       "log.", "server_error", 500), 500)
+
+    def answered(endpoint: str, start: float, body: dict[str, Any],
+                 headers: dict[str, str] | None = None) -> JSONResponse:
+        service.metrics.requests.labels(endpoint, "200").inc()
+        service.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+        return JSONResponse(body, headers=headers)
+
     async def auth(request: Request, call_next):
         if request.url.path not in OPEN_PATHS:
             given = request.headers.get("authorization", "")
@@ -444,13 +456,8 @@ def create_app(source: Source, limits: Limits, *, api_key: str | None = None,
         except HTTPError as exc:
             return refuse(exc, endpoint)
         except Exception:  # leanify's own failure: a 500 with the reason logged
-            log.exception("request failed")
-            service.metrics.requests.labels(endpoint, "500").inc()
-            return JSONResponse(error_body("the model failed on this request; see the "
-                                            "server log.", "server_error", 500), 500)
-        service.metrics.requests.labels(endpoint, "200").inc()
-        service.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-        return JSONResponse(body, headers=headers)
+            return failed(endpoint)
+        return answered(endpoint, start, body, headers)
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
@@ -473,13 +480,8 @@ def create_app(source: Source, limits: Limits, *, api_key: str | None = None,
         except HTTPError as exc:
             return refuse(exc, endpoint)
         except Exception:
-            log.exception("chat completion failed")
-            service.metrics.requests.labels(endpoint, "500").inc()
-            return JSONResponse(error_body("the model failed on this request; see the "
-                                           "server log.", "server_error", 500), 500)
-        service.metrics.requests.labels(endpoint, "200").inc()
-        service.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-        return JSONResponse(body)
+            return failed(endpoint)
+        return answered(endpoint, start, body)
 
     @app.get("/v1/models")
     async def models():

@@ -61,7 +61,9 @@ def test_doctor_writes_json_and_html(fmt, silero_onnx, silero_jit, silero_data, 
     assert "<html" in html.read_text().lower()
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "jit"])
+# TorchScript's optimize run (freeze candidates, ~50 s) is left to `make test-acceptance`: its
+# doctor, bench and snippet run here, and freezing has its own tests in tests/passes
+@pytest.mark.parametrize("fmt", ["onnx", pytest.param("jit", marks=pytest.mark.acceptance)])
 def test_optimize_fidelity_on_npz_rows(fmt, silero_onnx, silero_jit, silero_data, tmp_path):
     onnx_dir, onnx_sample, jit_dir, jit_sample = silero_data
     model, data, sample = ((silero_onnx, onnx_dir, onnx_sample) if fmt == "onnx"

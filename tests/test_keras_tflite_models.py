@@ -81,6 +81,9 @@ def test_bench_and_doctor_run_keras_and_tflite_files(which, cifar_h5, face_tflit
         assert record["sections"]["signature"]["status"] == "done"
 
 
+# the whole optimize run (~75 s) is left to `make test-acceptance`: the Keras file's ONNX
+# export is timed by the doctor above and TFLite export runs in tests/passes/test_export_tflite.py
+@pytest.mark.acceptance
 def test_a_keras_model_comes_out_as_onnx_and_tflite_through_image_fidelity(cifar_h5, photos,
                                                                            tmp_path):
     out = tmp_path / "run"

@@ -1,6 +1,6 @@
 """export-tflite: litert-torch in its own environment (.venv-litert), checked in LiteRT.
 
-Real exports, no mocks: the packaged Keras CIFAR-10 CNN in fp32 and dynamic-range int8, and a
+Real exports, no mocks: the packaged Keras CIFAR-10 CNN in dynamic-range int8, and a
 small NCHW torch CNN in full-integer int8 (int8 input and output) calibrated on photographs.
 """
 
@@ -52,9 +52,33 @@ def _nchw_cnn():
     return Net().eval()
 
 
+def test_a_keras_file_exports_with_int8_weights_and_keeps_its_answers(cifar_h5, tmp_path):
+    from PIL import Image
+
+    source = load(cifar_h5)
+    before = cifar_h5.read_bytes()
+    q = apply(source, make_config("export-tflite", quantize="dynamic"),
+              PassContext(work_dir=tmp_path / "w", threads=1))
+    assert cifar_h5.read_bytes() == before
+    assert q.format == "tflite" and q.meta["tflite"] == {"quantize": "dynamic",
+                                                         "channel_last": False}
+    assert q.path.stat().st_size < cifar_h5.stat().st_size / 3  # int8 weights
+    # photographs, as the CNN was trained: raw 0-255 RGB at 32x32, channel-last already
+    photos = sorted(photo_crops(tmp_path / "photos", per_photo=2, size=32).glob("*.png"))
+    images = np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32) for p in photos])
+    name = source.input_names[0]
+    keras_runner, tflite_runner = open_runner(source, 1), open_runner(q, 1)
+    expected = np.concatenate([next(iter(keras_runner.run({name: x[None]}).values()))
+                               for x in images])
+    got = np.concatenate([next(iter(tflite_runner.run({name: x[None]}).values()))
+                          for x in images])
+    agree = (got.argmax(1) == expected.argmax(1)).mean()
+    assert agree >= 0.9, (agree, got.argmax(1), expected.argmax(1))
+
+
 def test_a_pt2_file_of_an_nchw_module_exports_channel_last_in_fp32(tmp_path):
-    # (a Keras file to TFLite, int8 weights, runs in tests/test_keras_tflite_models.py; an
-    # in-memory module, full-integer, below)
+    # (an in-memory module, full-integer, below; a Keras file through optimize, beside its
+    # ONNX export: tests/test_keras_tflite_models.py, in `make test-acceptance`)
     import torch
 
     module = _nchw_cnn()

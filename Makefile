@@ -83,11 +83,12 @@ demo-llm: $(STAMP) $(OPTIMUM_STAMP)
 test:
 	$(MAKE) -j3 $(STAMP) $(LITERT_STAMP) $(OPTIMUM_STAMP)
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=40
 
 # earlier issues' end-to-end acceptance runs (real MiniLM doctor and optimize, the doctor's
 # claim replayed, the full STS-B scorer check): tens of minutes, left out of `make test`
-test-acceptance: $(STAMP)
+test-acceptance:
+	$(MAKE) -j3 $(STAMP) $(LITERT_STAMP) $(OPTIMUM_STAMP)
 	$(BIN)/python -m pytest -q -m acceptance
 
 lint: $(STAMP)

